@@ -1,0 +1,31 @@
+"""Celery Appliance: a production-grade Celery worker + beat for systemd and supervisord hosts.
+
+Application code submits work with :func:`submit` and reads its record with :func:`get_task`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["get_task", "submit"]
+__version__ = "0.1.0"
+
+
+def submit(
+    name: str,
+    args: tuple[Any, ...] | list[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    queue: str | None = None,
+    countdown: float | None = None,
+) -> str:
+    """Publish task *name* and return its id (see :func:`appliance.api.submit`)."""
+    from appliance.api import submit as _submit
+
+    return _submit(name, args=args, kwargs=kwargs, queue=queue, countdown=countdown)
+
+
+def get_task(task_id: str) -> dict[str, Any] | None:
+    """The record of *task_id* as a dict, or None (see :func:`appliance.api.get_task`)."""
+    from appliance.api import get_task as _get_task
+
+    return _get_task(task_id)

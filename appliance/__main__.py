@@ -1,0 +1,5 @@
+"""`python -m appliance` runs the admin CLI."""
+
+from appliance.cli import main
+
+main()

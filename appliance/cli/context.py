@@ -1,0 +1,34 @@
+"""The CLI's context object: settings and connections made on first use only."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import click
+
+from appliance.settings import Settings, get_settings
+
+
+class CliContext:
+    """Lazily loaded settings, so `appliance --help` touches nothing."""
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        return get_settings()
+
+    @property
+    def records_url(self) -> str:
+        return self.settings.effective_database_url
+
+
+pass_cli = click.make_pass_decorator(CliContext)
+
+
+def echo_json(data: Any) -> None:
+    """Print *data* as indented JSON on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")

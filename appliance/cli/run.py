@@ -1,0 +1,88 @@
+"""`appliance worker|beat|up`: the long-running processes, in the foreground."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from appliance.cli.context import CliContext, pass_cli
+from appliance.runtime import WorkerOptions
+
+_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
+
+
+@click.command("worker")
+@click.option("-Q", "--queues", help="Comma list of queues (default: those of --group).")
+@click.option(
+    "-g",
+    "--group",
+    default="default",
+    show_default=True,
+    help="Worker queue group from APPLIANCE_WORKER_GROUPS (the systemd instance).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Pool processes (default: APPLIANCE_CONCURRENCY, else one per CPU).",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=0),
+    help="Replace a child after N tasks; 0 = never.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=0),
+    help="Replace a child above this much memory (KiB); 0 = never.",
+)
+@click.option("-l", "--loglevel", type=_LEVELS, help="Log level (default APPLIANCE_LOG_LEVEL).")
+@pass_cli
+def worker(
+    cli: CliContext,
+    queues: str | None,
+    group: str,
+    concurrency: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    loglevel: str | None,
+) -> None:
+    """Run the Celery worker of the appliance in the foreground."""
+    from appliance.runtime import run_worker
+
+    options = WorkerOptions(
+        group=group,
+        queues=tuple(q.strip() for q in (queues or "").split(",") if q.strip()),
+        concurrency=concurrency,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        loglevel=loglevel.upper() if loglevel else None,
+    )
+    sys.exit(run_worker(cli.settings, options))
+
+
+@click.command("beat")
+@click.option("-l", "--loglevel", type=_LEVELS, help="Log level (default APPLIANCE_LOG_LEVEL).")
+@pass_cli
+def beat(cli: CliContext, loglevel: str | None) -> None:
+    """Run beat (the periodic scheduler) in the foreground; state in the state dir."""
+    from appliance.runtime import run_beat
+
+    sys.exit(run_beat(cli.settings, loglevel.upper() if loglevel else None))
+
+
+@click.command("up")
+@pass_cli
+def up(cli: CliContext) -> None:
+    """Run everything on embedded defaults: a private redis-server, worker and beat.
+
+    In the foreground; Ctrl-C or SIGTERM stops it all. Other `appliance` commands with
+    the same APPLIANCE_STATE_DIR and no broker URL of their own talk to its Redis.
+    """
+    from appliance.embedded import run_up
+
+    sys.exit(run_up(cli.settings, announce=lambda line: click.echo(line, err=True)))
+
+
+COMMANDS = [worker, beat, up]

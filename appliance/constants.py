@@ -1,0 +1,76 @@
+"""Redis keys, names and tunable defaults, each with the reason for its value."""
+
+from __future__ import annotations
+
+# Every key the appliance itself writes carries this prefix, so `SCAN appliance:*`
+# finds all of them and nothing of Celery's or kombu's.
+KEY_PREFIX = "appliance:"
+
+# Header stamped on every published message: the health check measures queue age from it.
+ENQUEUED_AT_HEADER = "enqueued_at"
+
+# Default broker: a local Redis, database 0; results go to database 1 of the same server
+# so `FLUSHDB` on one never touches the other.
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_RESULT_DB = 1
+
+# Queues every install has; routes and worker groups refer to these by name.
+DEFAULT_QUEUES = ("default", "high", "low")
+DEFAULT_QUEUE = "default"
+DEFAULT_WORKER_GROUPS = "default=default,high,low"
+
+# Time limits (seconds). The hard limit kills a runaway child; the soft one lets the
+# task clean up first. The visibility timeout must exceed the hard limit, else kombu
+# redelivers a task that is still running.
+DEFAULT_SOFT_TIME_LIMIT = 300
+DEFAULT_TIME_LIMIT = 360
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+
+# Recycling: a child is replaced after this many tasks / this much memory (KiB),
+# bounding slow leaks in user code without a restart of the whole worker.
+DEFAULT_MAX_TASKS_PER_CHILD = 1000
+DEFAULT_MAX_MEMORY_PER_CHILD_KIB = 512 * 1024
+
+# Task records older than this are removed by the nightly `appliance.cleanup_records`.
+DEFAULT_RECORD_RETENTION_DAYS = 30
+CLEANUP_HOUR_UTC = 2
+
+# Results live in the result backend only as long as a waiting client needs them;
+# the task records keep the durable copy. Never 0: that breaks chords (celery #5237).
+RESULT_EXPIRES_SECONDS = 24 * 3600
+
+# How often kombu sweeps for unacked messages whose visibility timeout has passed.
+# Stock kombu scans only every 10th call of a 10 s timer (100 s); we scan on every call.
+UNACKED_RESTORE_INTERVAL = 5
+UNACKED_RESTORE_THROTTLE = 1
+
+# Socket timeouts (seconds) so a dead Redis socket never hangs a worker or a publisher.
+REDIS_SOCKET_TIMEOUT = 10.0
+REDIS_CONNECT_TIMEOUT = 4.0
+REDIS_HEALTH_CHECK_INTERVAL = 10
+
+# A publisher gives up after about this many seconds and says the broker is down,
+# instead of retrying forever (stock Celery retries 3 times with up to 1 s pauses).
+PUBLISH_MAX_RETRIES = 3
+
+# A record write waits at most this long for a locked SQLite file or a slow
+# PostgreSQL before it is counted as failed; the task itself goes on regardless.
+DB_LOCK_TIMEOUT_SECONDS = 2.0
+DB_CONNECT_TIMEOUT_SECONDS = 3
+
+# Margin added to the longest hard time limit for stop timeouts (systemd
+# TimeoutStopSec, supervisord stopwaitsecs): time to ack, write records and exit.
+STOP_TIMEOUT_MARGIN_SECONDS = 30
+
+# State directory defaults, in order: systemd's $STATE_DIRECTORY, the system
+# directory when it exists and is writable, else the user's XDG state home.
+SYSTEM_STATE_DIR = "/var/lib/appliance"
+SYSTEM_ENV_FILE = "/etc/appliance/appliance.env"
+
+# `appliance up` keeps its private Redis, supervisord and the URL file here
+# (relative to the state dir), so other commands on the same state dir find it.
+EMBEDDED_DIR = "embedded"
+EMBEDDED_BROKER_FILE = "broker.url"
+
+BEAT_SCHEDULE_FILE = "beat-schedule"
+SQLITE_FILE = "appliance.db"

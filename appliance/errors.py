@@ -1,0 +1,59 @@
+"""The appliance's exceptions: each expected failure maps to one exit code."""
+
+from __future__ import annotations
+
+from appliance import exitcodes
+
+
+class ApplianceError(Exception):
+    """Raised for an expected failure; the CLI prints its message as one line."""
+
+    exit_code = exitcodes.TASK_FAILED
+
+
+class ConfigError(ApplianceError):
+    """Raised when a setting is invalid; the message names the variable and the fix."""
+
+    exit_code = exitcodes.CONFIG
+
+
+class UnknownTaskError(ApplianceError):
+    """Raised when a task name is not registered with the app."""
+
+    exit_code = exitcodes.UNKNOWN_TASK
+
+
+class BrokerUnavailableError(ApplianceError):
+    """Raised when Redis cannot be reached or refuses a publish."""
+
+    exit_code = exitcodes.BROKER_UNAVAILABLE
+
+
+class DatabaseUnavailableError(ApplianceError):
+    """Raised when the task-record database cannot be reached by a command that needs it."""
+
+    exit_code = exitcodes.DATABASE_UNAVAILABLE
+
+
+class RecordNotFoundError(ApplianceError):
+    """Raised when no task record has the given id."""
+
+    exit_code = exitcodes.NOT_FOUND
+
+
+class MissingProgramError(ApplianceError):
+    """Raised when a program the command needs (redis-server, supervisord) is missing."""
+
+    exit_code = exitcodes.MISSING_PROGRAM
+
+
+class TaskFailedError(ApplianceError):
+    """Raised by a waiting submit when the task ended FAILURE or REVOKED."""
+
+    exit_code = exitcodes.TASK_FAILED
+
+
+class WaitTimeoutError(ApplianceError):
+    """Raised by a waiting submit when the task did not finish in time."""
+
+    exit_code = exitcodes.TIMEOUT

@@ -1,0 +1,118 @@
+"""The production profile: Celery configuration built from the appliance settings.
+
+Each non-default setting says in one line why it is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab
+from kombu.entity import Exchange, Queue
+
+from appliance import constants as C
+from appliance.settings import Settings
+
+BUILTIN_TASK_MODULES = ("appliance.tasks.builtin", "appliance.tasks.demo")
+
+
+def _redis_socket_options() -> dict[str, Any]:
+    return {
+        # A dead Redis socket errors out instead of hanging a worker or a publisher.
+        "socket_timeout": C.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": C.REDIS_CONNECT_TIMEOUT,
+        "socket_keepalive": True,
+        # Ping idle connections so half-open ones are found and replaced.
+        "health_check_interval": C.REDIS_HEALTH_CHECK_INTERVAL,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration of the production profile."""
+    queues = [
+        Queue(name, Exchange(name, type="direct"), routing_key=name) for name in settings.queues
+    ]
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.effective_result_backend,
+        "imports": (*BUILTIN_TASK_MODULES, *settings.task_modules),
+        # JSON only: pickle would let anyone who can write to Redis run code on the workers.
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "timezone": settings.timezone,
+        "enable_utc": True,
+        # Ack after the task ran: a worker that dies mid-task leaves the message to another.
+        "task_acks_late": True,
+        # A child killed mid-task (OOM killer, SIGKILL) requeues its task instead of failing it.
+        "task_reject_on_worker_lost": True,
+        # Reserve one message per process: prefetched messages wait behind long tasks.
+        "worker_prefetch_multiplier": 1,
+        # STARTED is visible in the result backend, not only in the records.
+        "task_track_started": True,
+        # Results are for waiting clients; the records keep them. Bounded, never 0 (celery #5237).
+        "result_expires": C.RESULT_EXPIRES_SECONDS,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "worker_max_tasks_per_child": settings.max_tasks_per_child or None,
+        "worker_max_memory_per_child": settings.max_memory_per_child or None,
+        "broker_transport_options": {
+            # Longer than the hard time limit (checked by the settings), else running
+            # tasks are delivered twice.
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for a dead worker's unacked messages every few seconds, not every 100 s.
+            "unacked_restore_interval": C.UNACKED_RESTORE_INTERVAL,
+            "unacked_restore_throttle": C.UNACKED_RESTORE_THROTTLE,
+            **_redis_socket_options(),
+        },
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "redis_socket_timeout": C.REDIS_SOCKET_TIMEOUT,
+        "redis_socket_connect_timeout": C.REDIS_CONNECT_TIMEOUT,
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": C.REDIS_HEALTH_CHECK_INTERVAL,
+        "redis_retry_on_timeout": True,
+        # Storing a result survives a Redis blip instead of failing a finished task.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 10,
+        # The worker waits for Redis at start instead of exiting (systemd ordering is loose).
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": C.REDIS_CONNECT_TIMEOUT,
+        # Publishers give up after a few seconds with an error instead of hanging.
+        "task_publish_retry_policy": {
+            "max_retries": C.PUBLISH_MAX_RETRIES,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        # True loses tasks on a Redis restart when results share the Redis: they end REVOKED
+        # and are acked. False lets them finish and ack on the new connection.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "task_queues": queues,
+        "task_default_queue": settings.default_queue,
+        "task_default_exchange": settings.default_queue,
+        "task_default_routing_key": settings.default_queue,
+        "task_create_missing_queues": False,
+        "task_routes": (_Router(settings),),
+        # No task events: nothing here consumes them, and each costs a publish.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "beat_schedule": {
+            "appliance-cleanup-records": {
+                "task": "appliance.cleanup_records",
+                "schedule": crontab(hour=C.CLEANUP_HOUR_UTC, minute=0),
+            },
+        },
+        "worker_hijack_root_logger": True,
+    }
+
+
+class _Router:
+    """Routes task names to queues by the glob patterns of APPLIANCE_ROUTES."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def __call__(self, name: str, *_: Any, **__: Any) -> dict[str, str] | None:
+        queue = self._settings.route_for(name)
+        return {"queue": queue} if queue else None

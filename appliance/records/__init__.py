@@ -1,0 +1,1 @@
+"""Task records: one database row per task that passes through the appliance."""

@@ -1,0 +1,228 @@
+"""Reads and writes of task records. Writers are called from Celery signal handlers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from appliance.records.db import get_engine, session_scope
+from appliance.records.models import TERMINAL_STATES, TaskRecord
+
+# Keys of the dict form of a record: `tasks show --json` and `appliance.get_task()`.
+RECORD_KEYS = (
+    "id", "name", "status", "progress", "progress_message", "result", "error", "traceback",
+    "retries", "worker", "queue", "args", "kwargs", "parent_id", "root_id",
+    "created_at", "started_at", "finished_at", "updated_at",
+)  # fmt: skip
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def jsonable(value: Any) -> Any:
+    """*value* if it survives JSON, else its repr (a record never fails on a result)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def _insert_ignore(session: Session, values: dict[str, Any]) -> None:
+    dialect = session.get_bind().dialect.name
+    module = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(TaskRecord).values(**values).on_conflict_do_nothing(index_elements=["id"])
+    session.execute(stmt)
+
+
+def record_published(
+    url: str,
+    *,
+    task_id: str,
+    name: str,
+    args: Any,
+    kwargs: Any,
+    queue: str | None,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+) -> None:
+    """Write the PENDING record of a task about to be published (kept if it exists)."""
+    stamp = now()
+    with session_scope(url) as session:
+        _insert_ignore(
+            session,
+            {
+                "id": task_id, "name": name, "args": jsonable(args), "kwargs": jsonable(kwargs),
+                "queue": queue, "status": "PENDING", "progress": 0, "retries": 0,
+                "parent_id": parent_id, "root_id": root_id,
+                "created_at": stamp, "updated_at": stamp,
+            },
+        )  # fmt: skip
+
+
+def _update_or_insert(
+    url: str, task_id: str, values: dict[str, Any], insert_defaults: dict[str, Any]
+) -> None:
+    values = {**values, "updated_at": now()}
+    with session_scope(url) as session:
+        result = session.execute(update(TaskRecord).where(TaskRecord.id == task_id).values(values))
+        if getattr(result, "rowcount", 1) == 0:
+            # Published by a producer that does not write records (e.g. plain Celery).
+            _insert_ignore(
+                session,
+                {"id": task_id, "created_at": values["updated_at"], "progress": 0, "retries": 0,
+                 **insert_defaults, **values},
+            )  # fmt: skip
+
+
+def record_started(
+    url: str,
+    *,
+    task_id: str,
+    name: str,
+    args: Any,
+    kwargs: Any,
+    queue: str | None,
+    worker: str | None,
+    retries: int,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+) -> None:
+    """Mark a task STARTED on *worker*."""
+    _update_or_insert(
+        url,
+        task_id,
+        {"status": "STARTED", "started_at": now(), "worker": worker, "retries": retries,
+         "finished_at": None},
+        {"name": name, "args": jsonable(args), "kwargs": jsonable(kwargs), "queue": queue,
+         "parent_id": parent_id, "root_id": root_id},
+    )  # fmt: skip
+
+
+def record_progress(url: str, *, task_id: str, percent: int, message: str | None) -> None:
+    """Store a task's progress (0-100) and message; status PROGRESS."""
+    with session_scope(url) as session:
+        session.execute(
+            update(TaskRecord)
+            .where(TaskRecord.id == task_id)
+            .values(status="PROGRESS", progress=percent, progress_message=message, updated_at=now())
+        )
+
+
+def record_succeeded(url: str, *, task_id: str, name: str, result: Any) -> None:
+    """Mark a task SUCCESS with its result."""
+    stamp = now()
+    _update_or_insert(
+        url,
+        task_id,
+        {"status": "SUCCESS", "result": jsonable(result), "progress": 100, "finished_at": stamp,
+         "error": None, "traceback": None},
+        {"name": name},
+    )  # fmt: skip
+
+
+def record_failed(url: str, *, task_id: str, name: str, error: str, traceback: str | None) -> None:
+    """Mark a task FAILURE with its error and traceback."""
+    _update_or_insert(
+        url,
+        task_id,
+        {"status": "FAILURE", "error": error, "traceback": traceback, "finished_at": now()},
+        {"name": name},
+    )
+
+
+def record_retry(url: str, *, task_id: str, name: str, error: str, retries: int) -> None:
+    """Mark a task RETRY: the count of retries so far and the error that caused this one."""
+    _update_or_insert(
+        url, task_id, {"status": "RETRY", "error": error, "retries": retries}, {"name": name}
+    )
+
+
+def record_revoked(url: str, *, task_id: str, name: str, reason: str) -> None:
+    """Mark a task REVOKED."""
+    _update_or_insert(
+        url,
+        task_id,
+        {"status": "REVOKED", "error": reason, "finished_at": now()},
+        {"name": name},
+    )
+
+
+def delete_record(url: str, task_id: str) -> None:
+    """Remove a record (a publish that failed leaves no PENDING record behind)."""
+    with session_scope(url) as session:
+        session.execute(delete(TaskRecord).where(TaskRecord.id == task_id))
+
+
+def to_dict(record: TaskRecord) -> dict[str, Any]:
+    """The public dict form of a record; timestamps as ISO 8601 strings."""
+    data: dict[str, Any] = {}
+    for key in RECORD_KEYS:
+        value = getattr(record, key)
+        if isinstance(value, datetime):
+            value = (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+        data[key] = value
+    return data
+
+
+def get_record(url: str, task_id: str) -> dict[str, Any] | None:
+    """The record of *task_id* as a dict, or None."""
+    with session_scope(url) as session:
+        record = session.get(TaskRecord, task_id)
+        return to_dict(record) if record else None
+
+
+def list_records(
+    url: str,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    since: datetime | None = None,
+    root_id: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Records matching the filters, newest first."""
+    query = select(TaskRecord).order_by(TaskRecord.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(TaskRecord.status == status)
+    if name:
+        query = query.where(TaskRecord.name == name)
+    if since:
+        query = query.where(TaskRecord.created_at >= since)
+    if root_id:
+        query = query.where(TaskRecord.root_id == root_id)
+    with session_scope(url) as session:
+        return [to_dict(r) for r in session.scalars(query)]
+
+
+def count_by_status(url: str) -> dict[str, int]:
+    """How many records are in each state."""
+    with session_scope(url) as session:
+        rows = session.execute(select(TaskRecord.status, func.count()).group_by(TaskRecord.status))
+        return {status: count for status, count in rows}
+
+
+def delete_finished_before(
+    url: str, cutoff: datetime, statuses: Sequence[str] = TERMINAL_STATES
+) -> int:
+    """Delete records in a final state created before *cutoff*; return how many."""
+    with session_scope(url) as session:
+        result = session.execute(
+            delete(TaskRecord).where(
+                TaskRecord.created_at < cutoff, TaskRecord.status.in_(list(statuses))
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def ping(url: str) -> None:
+    """Raise if the database cannot be reached."""
+    with get_engine(url).connect() as conn:
+        conn.exec_driver_sql("SELECT 1")

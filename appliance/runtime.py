@@ -1,0 +1,121 @@
+"""Running the Celery worker and beat of the appliance in the foreground."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from appliance.errors import ConfigError, DatabaseUnavailableError
+from appliance.settings import Settings
+
+logger = logging.getLogger("appliance.runtime")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What `appliance worker` was asked for; None means: from settings."""
+
+    group: str = "default"
+    queues: tuple[str, ...] = ()
+    concurrency: int | None = None
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
+    loglevel: str | None = None
+
+
+def worker_queues(settings: Settings, options: WorkerOptions) -> list[str]:
+    """The queues a worker consumes: explicit ones, else those of its group."""
+    if options.queues:
+        unknown = [q for q in options.queues if q not in settings.queues]
+        if unknown:
+            raise ConfigError(
+                f"unknown queue(s) {', '.join(unknown)}; fix: use queues from APPLIANCE_QUEUES "
+                f"({', '.join(settings.queues)})"
+            )
+        return list(options.queues)
+    if options.group not in settings.worker_groups:
+        raise ConfigError(
+            f"unknown worker group {options.group!r}; fix: use one of "
+            f"{', '.join(settings.worker_groups)} or define it in APPLIANCE_WORKER_GROUPS"
+        )
+    return settings.worker_groups[options.group]
+
+
+def worker_argv(settings: Settings, options: WorkerOptions) -> list[str]:
+    """Arguments for Celery's worker command (tested without starting anything)."""
+    max_tasks = (
+        options.max_tasks_per_child
+        if options.max_tasks_per_child is not None
+        else settings.max_tasks_per_child
+    )
+    max_memory = (
+        options.max_memory_per_child
+        if options.max_memory_per_child is not None
+        else settings.max_memory_per_child
+    )
+    argv = [
+        "worker",
+        "--queues", ",".join(worker_queues(settings, options)),
+        "--hostname", f"{options.group}@%h",
+        "--loglevel", options.loglevel or settings.log_level,
+        # Our own heartbeats replace Celery's event heartbeats and gossip.
+        "--without-gossip",
+        "--without-heartbeat",
+    ]  # fmt: skip
+    concurrency = options.concurrency or settings.concurrency
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    if max_tasks:
+        argv += ["--max-tasks-per-child", str(max_tasks)]
+    if max_memory:
+        argv += ["--max-memory-per-child", str(max_memory)]
+    return argv
+
+
+def prepare_database(settings: Settings) -> None:
+    """Bring the record schema up to date at start, or refuse (see README: schema policy).
+
+    A database that is down does not stop the worker: tasks run, record writes are
+    counted as failed, and the gap is reported.
+    """
+    if not settings.records_enabled:
+        return
+    from appliance.records import schema
+
+    try:
+        schema.ensure_current(
+            settings.effective_database_url, auto_upgrade=settings.db_auto_upgrade
+        )
+    except DatabaseUnavailableError as exc:
+        logger.warning("%s; starting anyway, task records will be missing", exc)
+
+
+def run_worker(settings: Settings, options: WorkerOptions) -> int:
+    """Run the worker in the foreground until it stops; return its exit code."""
+    argv = worker_argv(settings, options)
+    prepare_database(settings)
+    from appliance.celery_app import load_tasks
+
+    app = load_tasks()
+    return int(app.start(argv=argv) or 0)
+
+
+def beat_argv(settings: Settings, loglevel: str | None = None) -> list[str]:
+    """Arguments for Celery's beat command; the schedule state lives in the state dir."""
+    from appliance.constants import BEAT_SCHEDULE_FILE
+
+    return [
+        "beat",
+        "--schedule", str(settings.state_dir / BEAT_SCHEDULE_FILE),
+        "--loglevel", loglevel or settings.log_level,
+    ]  # fmt: skip
+
+
+def run_beat(settings: Settings, loglevel: str | None = None) -> int:
+    """Run beat in the foreground until it stops; return its exit code."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    prepare_database(settings)
+    from appliance.celery_app import load_tasks
+
+    app = load_tasks()
+    return int(app.start(argv=beat_argv(settings, loglevel)) or 0)

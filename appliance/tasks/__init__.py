@@ -1,0 +1,1 @@
+"""Tasks the appliance hosts: built-ins (``appliance.*``) and demos (``demo.*``)."""

@@ -91,7 +91,11 @@ class Settings(BaseSettings):
     """Effective configuration of one appliance process."""
 
     model_config = SettingsConfigDict(
-        env_prefix="APPLIANCE_", extra="ignore", case_sensitive=False, frozen=True
+        env_prefix="APPLIANCE_",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+        populate_by_name=True,
     )
 
     broker_url: str = Field(

@@ -109,5 +109,5 @@ def translate_errors(url: str) -> Iterator[None]:
     """Turn database errors inside the block into DatabaseUnavailableError."""
     try:
         yield
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:
         raise unavailable_error(url, exc) from None

@@ -1,0 +1,48 @@
+"""How `appliance worker`/`beat` translate settings and flags into Celery arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.errors import ConfigError
+from appliance.runtime import WorkerOptions, beat_argv, worker_argv
+from appliance.settings import load_settings
+
+
+def _opt(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_group_queues_and_recycling_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPLIANCE_QUEUES", "default,urgent")
+    monkeypatch.setenv("APPLIANCE_WORKER_GROUPS", "default=default;urgent=urgent")
+    monkeypatch.setenv("APPLIANCE_MAX_TASKS_PER_CHILD", "50")
+    monkeypatch.setenv("APPLIANCE_MAX_MEMORY_PER_CHILD", "200000")
+    argv = worker_argv(load_settings(), WorkerOptions(group="urgent"))
+    assert _opt(argv, "--queues") == "urgent"
+    assert _opt(argv, "--hostname") == "urgent@%h"
+    assert _opt(argv, "--max-tasks-per-child") == "50"
+    assert _opt(argv, "--max-memory-per-child") == "200000"
+
+
+def test_flags_override_settings() -> None:
+    options = WorkerOptions(queues=("high",), concurrency=3, max_tasks_per_child=0,
+                            max_memory_per_child=1000, loglevel="DEBUG")  # fmt: skip
+    argv = worker_argv(load_settings(), options)
+    assert _opt(argv, "--queues") == "high"
+    assert _opt(argv, "--concurrency") == "3"
+    assert "--max-tasks-per-child" not in argv  # 0 = never recycle by count
+    assert _opt(argv, "--max-memory-per-child") == "1000"
+    assert _opt(argv, "--loglevel") == "DEBUG"
+
+
+def test_unknown_queue_or_group_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nosuch"):
+        worker_argv(load_settings(), WorkerOptions(queues=("nosuch",)))
+    with pytest.raises(ConfigError, match="APPLIANCE_WORKER_GROUPS"):
+        worker_argv(load_settings(), WorkerOptions(group="nosuch"))
+
+
+def test_beat_keeps_its_schedule_in_the_state_dir() -> None:
+    settings = load_settings()
+    assert _opt(beat_argv(settings), "--schedule") == str(settings.state_dir / "beat-schedule")

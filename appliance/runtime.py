@@ -55,13 +55,16 @@ def worker_argv(settings: Settings, options: WorkerOptions) -> list[str]:
     )
     argv = [
         "worker",
-        "--queues", ",".join(worker_queues(settings, options)),
-        "--hostname", f"{options.group}@%h",
-        "--loglevel", options.loglevel or settings.log_level,
+        "--queues",
+        ",".join(worker_queues(settings, options)),
+        "--hostname",
+        f"{options.group}@%h",
+        "--loglevel",
+        options.loglevel or settings.log_level,
         # Our own heartbeats replace Celery's event heartbeats and gossip.
         "--without-gossip",
         "--without-heartbeat",
-    ]  # fmt: skip
+    ]
     concurrency = options.concurrency or settings.concurrency
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
@@ -106,9 +109,11 @@ def beat_argv(settings: Settings, loglevel: str | None = None) -> list[str]:
 
     return [
         "beat",
-        "--schedule", str(settings.state_dir / BEAT_SCHEDULE_FILE),
-        "--loglevel", loglevel or settings.log_level,
-    ]  # fmt: skip
+        "--schedule",
+        str(settings.state_dir / BEAT_SCHEDULE_FILE),
+        "--loglevel",
+        loglevel or settings.log_level,
+    ]
 
 
 def run_beat(settings: Settings, loglevel: str | None = None) -> int:

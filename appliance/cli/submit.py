@@ -89,9 +89,14 @@ def submit(
 
     cli.settings  # noqa: B018  (settings errors first: exit 78 before anything else)
     task_id = api.submit(
-        name, args=args or [], kwargs=kwargs, queue=queue, countdown=countdown, eta=eta,
+        name,
+        args=args or [],
+        kwargs=kwargs,
+        queue=queue,
+        countdown=countdown,
+        eta=eta,
         priority=priority,
-    )  # fmt: skip
+    )
     if wait is None:
         if as_json:
             echo_json({"id": task_id, "status": "PENDING"})
@@ -105,8 +110,14 @@ def submit(
     except Exception:
         if as_json:
             record = _safe_record(task_id)
-            echo_json({"id": task_id, "status": (record or {}).get("status"), "result": None,
-                       "error": (record or {}).get("error")})  # fmt: skip
+            echo_json(
+                {
+                    "id": task_id,
+                    "status": (record or {}).get("status"),
+                    "result": None,
+                    "error": (record or {}).get("error"),
+                }
+            )
         raise
     if as_json:
         echo_json({"id": task_id, "status": "SUCCESS", "result": result})

@@ -52,17 +52,29 @@ def list_(
     url = cli.records_url
     with translate_errors(url):
         records = store.list_records(
-            url, status=status.upper() if status else None, name=name, since=since,
-            root_id=root_id, limit=limit,
-        )  # fmt: skip
+            url,
+            status=status.upper() if status else None,
+            name=name,
+            since=since,
+            root_id=root_id,
+            limit=limit,
+        )
     if as_json:
         echo_json(records)
         return
     rows = [
-        [r["id"], r["name"], r["status"], f"{r['progress']}%", r["retries"], r["worker"] or "",
-         _short(r["created_at"]), _short(r["finished_at"])]
+        [
+            r["id"],
+            r["name"],
+            r["status"],
+            f"{r['progress']}%",
+            r["retries"],
+            r["worker"] or "",
+            _short(r["created_at"]),
+            _short(r["finished_at"]),
+        ]
         for r in records
-    ]  # fmt: skip
+    ]
     headers = ["id", "name", "status", "progress", "retries", "worker", "created", "finished"]
     click.echo(tabulate(rows, headers=headers) if rows else "no task records match")
 

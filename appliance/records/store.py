@@ -16,10 +16,26 @@ from appliance.records.models import TERMINAL_STATES, TaskRecord
 
 # Keys of the dict form of a record: `tasks show --json` and `appliance.get_task()`.
 RECORD_KEYS = (
-    "id", "name", "status", "progress", "progress_message", "result", "error", "traceback",
-    "retries", "worker", "queue", "args", "kwargs", "parent_id", "root_id",
-    "created_at", "started_at", "finished_at", "updated_at",
-)  # fmt: skip
+    "id",
+    "name",
+    "status",
+    "progress",
+    "progress_message",
+    "result",
+    "error",
+    "traceback",
+    "retries",
+    "worker",
+    "queue",
+    "args",
+    "kwargs",
+    "parent_id",
+    "root_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
 
 
 def now() -> datetime:
@@ -59,12 +75,20 @@ def record_published(
         _insert_ignore(
             session,
             {
-                "id": task_id, "name": name, "args": jsonable(args), "kwargs": jsonable(kwargs),
-                "queue": queue, "status": "PENDING", "progress": 0, "retries": 0,
-                "parent_id": parent_id, "root_id": root_id,
-                "created_at": stamp, "updated_at": stamp,
+                "id": task_id,
+                "name": name,
+                "args": jsonable(args),
+                "kwargs": jsonable(kwargs),
+                "queue": queue,
+                "status": "PENDING",
+                "progress": 0,
+                "retries": 0,
+                "parent_id": parent_id,
+                "root_id": root_id,
+                "created_at": stamp,
+                "updated_at": stamp,
             },
-        )  # fmt: skip
+        )
 
 
 def _update_or_insert(
@@ -77,9 +101,15 @@ def _update_or_insert(
             # Published by a producer that does not write records (e.g. plain Celery).
             _insert_ignore(
                 session,
-                {"id": task_id, "created_at": values["updated_at"], "progress": 0, "retries": 0,
-                 **insert_defaults, **values},
-            )  # fmt: skip
+                {
+                    "id": task_id,
+                    "created_at": values["updated_at"],
+                    "progress": 0,
+                    "retries": 0,
+                    **insert_defaults,
+                    **values,
+                },
+            )
 
 
 def record_started(
@@ -99,11 +129,22 @@ def record_started(
     _update_or_insert(
         url,
         task_id,
-        {"status": "STARTED", "started_at": now(), "worker": worker, "retries": retries,
-         "finished_at": None},
-        {"name": name, "args": jsonable(args), "kwargs": jsonable(kwargs), "queue": queue,
-         "parent_id": parent_id, "root_id": root_id},
-    )  # fmt: skip
+        {
+            "status": "STARTED",
+            "started_at": now(),
+            "worker": worker,
+            "retries": retries,
+            "finished_at": None,
+        },
+        {
+            "name": name,
+            "args": jsonable(args),
+            "kwargs": jsonable(kwargs),
+            "queue": queue,
+            "parent_id": parent_id,
+            "root_id": root_id,
+        },
+    )
 
 
 def record_progress(url: str, *, task_id: str, percent: int, message: str | None) -> None:
@@ -122,10 +163,16 @@ def record_succeeded(url: str, *, task_id: str, name: str, result: Any) -> None:
     _update_or_insert(
         url,
         task_id,
-        {"status": "SUCCESS", "result": jsonable(result), "progress": 100, "finished_at": stamp,
-         "error": None, "traceback": None},
+        {
+            "status": "SUCCESS",
+            "result": jsonable(result),
+            "progress": 100,
+            "finished_at": stamp,
+            "error": None,
+            "traceback": None,
+        },
         {"name": name},
-    )  # fmt: skip
+    )
 
 
 def record_failed(url: str, *, task_id: str, name: str, error: str, traceback: str | None) -> None:

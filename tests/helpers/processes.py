@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll *condition* until it returns something truthy; fail the test after *timeout*."""
     deadline = time.monotonic() + timeout
     while True:
@@ -74,15 +77,15 @@ class ApplianceProcess:
 
     def kill(self) -> None:
         """Make sure nothing of the process group survives."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
         self._handle.close()
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m appliance ARGS` to completion and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args],

@@ -72,14 +72,30 @@ def _docker_answers() -> bool:
 
 
 @contextmanager
-def local_redis_server(workdir: Path, *extra: str) -> Iterator[tuple[RedisServer, subprocess.Popen[bytes]]]:
+def local_redis_server(
+    workdir: Path, *extra: str
+) -> Iterator[tuple[RedisServer, subprocess.Popen[bytes]]]:
     """A redis-server process on a free loopback port, stopped on exit."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server not installed"
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(workdir), "--logfile", str(workdir / "redis.log"), *extra]  # fmt: skip
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--logfile",
+        str(workdir / "redis.log"),
+        *extra,
+    ]
     proc = subprocess.Popen(args, start_new_session=True)
     server = RedisServer("127.0.0.1", port)
     try:
@@ -106,15 +122,23 @@ def session_redis(workdir: Path) -> Iterator[RedisServer]:
     url = os.environ.get("APPLIANCE_TEST_REDIS_URL")
     if url:
         parts = urlsplit(url)
-        yield RedisServer(parts.hostname or "127.0.0.1", parts.port or 6379,
-                          int(parts.path.strip("/") or 0), parts.password, how="env")  # fmt: skip
+        yield RedisServer(
+            parts.hostname or "127.0.0.1",
+            parts.port or 6379,
+            int(parts.path.strip("/") or 0),
+            parts.password,
+            how="env",
+        )
         return
     if _docker_answers():
         from testcontainers.redis import RedisContainer
 
         with RedisContainer() as container:
-            yield RedisServer(container.get_container_host_ip(),
-                              int(container.get_exposed_port(6379)), how="testcontainers")  # fmt: skip
+            yield RedisServer(
+                container.get_container_host_ip(),
+                int(container.get_exposed_port(6379)),
+                how="testcontainers",
+            )
         return
     if shutil.which("redis-server"):
         with local_redis_server(workdir) as (server, _proc):

@@ -60,8 +60,9 @@ def _app_on_session_redis(redis_server: RedisServer) -> None:
     from appliance.profile import celery_config
     from appliance.settings import load_settings
 
-    settings = load_settings(broker_url=redis_server.broker_url,
-                             result_backend=redis_server.backend_url)  # fmt: skip
+    settings = load_settings(
+        broker_url=redis_server.broker_url, result_backend=redis_server.backend_url
+    )
     app.conf.update(celery_config(settings))
 
 

@@ -41,7 +41,9 @@ def test_cli_submit_wait_prints_the_result_and_the_record_shows_success(
     assert record["started_at"] and record["finished_at"]
 
 
-def test_demo_tasks_through_the_python_api(api_env: dict[str, str], start_worker: WorkerFactory) -> None:
+def test_demo_tasks_through_the_python_api(
+    api_env: dict[str, str], start_worker: WorkerFactory
+) -> None:
     start_worker(api_env, "-c", "2")
 
     progress_id = appliance.submit("demo.progress", kwargs={"steps": 4, "delay": 0.05})
@@ -149,12 +151,20 @@ def test_tasks_list_filters_by_status_and_name(
 ) -> None:
     start_worker(appliance_env, "-c", "2")
     ok = run_cli(appliance_env, "submit", "demo.add", "--args", "[1, 1]", "--wait", "30")
-    bad = run_cli(appliance_env, "submit", "demo.calculate", "--args", '[1, 1, "x"]', "--wait", "30")
+    bad = run_cli(
+        appliance_env, "submit", "demo.calculate", "--args", '[1, 1, "x"]', "--wait", "30"
+    )
     assert (ok.returncode, bad.returncode) == (0, 1)
-    failed = json.loads(run_cli(appliance_env, "tasks", "list", "--status", "FAILURE", "--json").stdout)
+    failed = json.loads(
+        run_cli(appliance_env, "tasks", "list", "--status", "FAILURE", "--json").stdout
+    )
     assert [r["name"] for r in failed] == ["demo.calculate"]
     table = run_cli(appliance_env, "tasks", "list", "--name", "demo.add", "--since", "1h")
-    assert table.returncode == 0 and "demo.add" in table.stdout and "demo.calculate" not in table.stdout
+    assert (
+        table.returncode == 0
+        and "demo.add" in table.stdout
+        and "demo.calculate" not in table.stdout
+    )
 
 
 def test_console_script_runs(appliance_env: dict[str, str]) -> None:
@@ -164,8 +174,14 @@ def test_console_script_runs(appliance_env: dict[str, str]) -> None:
 
     script = Path(sys.executable).parent / "appliance"
     assert script.exists(), "the console script is installed with the package"
-    result = subprocess.run([str(script), "config", "check"], env=appliance_env,
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(script), "config", "check"],
+        env=appliance_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "config OK"
 

@@ -39,8 +39,15 @@ def test_every_command_exits_78_on_bad_config(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("APPLIANCE_VISIBILITY_TIMEOUT", "1")
-    for args in (["config", "show"], ["tasks", "list"], ["submit", "demo.add"], ["db", "upgrade"],
-                 ["worker"], ["beat"], ["up"]):  # fmt: skip
+    for args in (
+        ["config", "show"],
+        ["tasks", "list"],
+        ["submit", "demo.add"],
+        ["db", "upgrade"],
+        ["worker"],
+        ["beat"],
+        ["up"],
+    ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 78, (args, result.output)
 

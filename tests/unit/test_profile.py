@@ -25,7 +25,7 @@ def test_no_loss_settings(config: dict) -> None:
     assert config["worker_prefetch_multiplier"] == 1
     assert config["worker_cancel_long_running_tasks_on_connection_loss"] is False
     assert config["broker_connection_retry_on_startup"] is True
-    assert 0 < config["result_expires"]
+    assert config["result_expires"] > 0
 
 
 def test_unacked_messages_are_restored_within_seconds(config: dict) -> None:

@@ -46,37 +46,74 @@ def test_a_newer_schema_is_refused(db_url: str) -> None:
 
 
 def test_life_of_a_task(db_url: str) -> None:
-    store.record_published(db_url, task_id="t1", name="demo.add", args=[2, 3], kwargs={},
-                           queue="default", root_id="t1")  # fmt: skip
+    store.record_published(
+        db_url, task_id="t1", name="demo.add", args=[2, 3], kwargs={}, queue="default", root_id="t1"
+    )
     assert store.get_record(db_url, "t1")["status"] == "PENDING"
-    store.record_started(db_url, task_id="t1", name="demo.add", args=[2, 3], kwargs={},
-                         queue="default", worker="w@h", retries=0)  # fmt: skip
+    store.record_started(
+        db_url,
+        task_id="t1",
+        name="demo.add",
+        args=[2, 3],
+        kwargs={},
+        queue="default",
+        worker="w@h",
+        retries=0,
+    )
     store.record_progress(db_url, task_id="t1", percent=40, message="working")
     record = store.get_record(db_url, "t1")
     assert (record["status"], record["progress"], record["worker"]) == ("PROGRESS", 40, "w@h")
     store.record_succeeded(db_url, task_id="t1", name="demo.add", result=5)
     record = store.get_record(db_url, "t1")
     assert (record["status"], record["result"], record["progress"]) == ("SUCCESS", 5, 100)
-    for key in ("id", "name", "status", "progress", "result", "error", "worker",
-                "created_at", "started_at", "finished_at"):  # fmt: skip
+    for key in (
+        "id",
+        "name",
+        "status",
+        "progress",
+        "result",
+        "error",
+        "worker",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ):
         assert key in record
     assert record["finished_at"] >= record["started_at"] >= record["created_at"]
 
 
 def test_republishing_keeps_the_existing_record(db_url: str) -> None:
     store.record_published(db_url, task_id="t2", name="demo.flaky", args=[], kwargs={}, queue="q")
-    store.record_retry(db_url, task_id="t2", name="demo.flaky", error="ConnectionError: x", retries=1)
+    store.record_retry(
+        db_url, task_id="t2", name="demo.flaky", error="ConnectionError: x", retries=1
+    )
     store.record_published(db_url, task_id="t2", name="demo.flaky", args=[], kwargs={}, queue="q")
     record = store.get_record(db_url, "t2")
-    assert (record["status"], record["retries"], record["error"]) == ("RETRY", 1, "ConnectionError: x")
+    assert (record["status"], record["retries"], record["error"]) == (
+        "RETRY",
+        1,
+        "ConnectionError: x",
+    )
 
 
 def test_a_task_from_a_foreign_producer_gets_a_record_at_start(db_url: str) -> None:
-    store.record_started(db_url, task_id="t3", name="x.y", args=[1], kwargs={"a": 1},
-                         queue="default", worker="w", retries=0)  # fmt: skip
+    store.record_started(
+        db_url,
+        task_id="t3",
+        name="x.y",
+        args=[1],
+        kwargs={"a": 1},
+        queue="default",
+        worker="w",
+        retries=0,
+    )
     store.record_failed(db_url, task_id="t3", name="x.y", error="ValueError: bad", traceback="tb")
     record = store.get_record(db_url, "t3")
-    assert (record["status"], record["error"], record["args"]) == ("FAILURE", "ValueError: bad", [1])
+    assert (record["status"], record["error"], record["args"]) == (
+        "FAILURE",
+        "ValueError: bad",
+        [1],
+    )
 
 
 def test_unserialisable_results_are_stored_as_repr(db_url: str) -> None:
@@ -86,17 +123,22 @@ def test_unserialisable_results_are_stored_as_repr(db_url: str) -> None:
 
 def test_list_filters_and_cleanup_of_old_finished_records(db_url: str) -> None:
     for i, status in enumerate(["SUCCESS", "FAILURE", "PENDING", "SUCCESS"]):
-        store.record_published(db_url, task_id=f"c{i}", name="demo.add", args=[], kwargs={}, queue="q")
+        store.record_published(
+            db_url, task_id=f"c{i}", name="demo.add", args=[], kwargs={}, queue="q"
+        )
         if status != "PENDING":
             store.record_succeeded(db_url, task_id=f"c{i}", name="demo.add", result=i)
         if status == "FAILURE":
             store.record_failed(db_url, task_id=f"c{i}", name="demo.add", error="E", traceback=None)
     old = store.now() - timedelta(days=40)
     with session_scope(db_url) as session:
-        session.execute(update(TaskRecord).where(TaskRecord.id.in_(["c0", "c1", "c2"]))
-                        .values(created_at=old))  # fmt: skip
+        session.execute(
+            update(TaskRecord).where(TaskRecord.id.in_(["c0", "c1", "c2"])).values(created_at=old)
+        )
     assert [r["id"] for r in store.list_records(db_url, status="FAILURE")] == ["c1"]
-    assert {r["id"] for r in store.list_records(db_url, since=store.now() - timedelta(days=1))} == {"c3"}
+    assert {r["id"] for r in store.list_records(db_url, since=store.now() - timedelta(days=1))} == {
+        "c3"
+    }
     deleted = store.delete_finished_before(db_url, store.now() - timedelta(days=30))
     assert deleted == 2
     assert {r["id"] for r in store.list_records(db_url)} == {"c2", "c3"}  # old PENDING is kept
@@ -104,7 +146,10 @@ def test_list_filters_and_cleanup_of_old_finished_records(db_url: str) -> None:
 
 def test_missing_schema_and_unreachable_database_are_one_line_errors(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    with pytest.raises(DatabaseUnavailableError, match="appliance db upgrade"), translate_errors(url):
+    with (
+        pytest.raises(DatabaseUnavailableError, match="appliance db upgrade"),
+        translate_errors(url),
+    ):
         store.list_records(url)
     bad = "sqlite:////proc/no/such/dir/x.db"
     with pytest.raises(DatabaseUnavailableError, match="unreachable"), translate_errors(bad):

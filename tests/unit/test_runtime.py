@@ -26,8 +26,13 @@ def test_group_queues_and_recycling_come_from_settings(monkeypatch: pytest.Monke
 
 
 def test_flags_override_settings() -> None:
-    options = WorkerOptions(queues=("high",), concurrency=3, max_tasks_per_child=0,
-                            max_memory_per_child=1000, loglevel="DEBUG")  # fmt: skip
+    options = WorkerOptions(
+        queues=("high",),
+        concurrency=3,
+        max_tasks_per_child=0,
+        max_memory_per_child=1000,
+        loglevel="DEBUG",
+    )
     argv = worker_argv(load_settings(), options)
     assert _opt(argv, "--queues") == "high"
     assert _opt(argv, "--concurrency") == "3"

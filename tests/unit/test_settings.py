@@ -42,7 +42,9 @@ def test_env_file_is_read(isolated_env: Path) -> None:
     assert (settings.task_time_limit, settings.task_soft_time_limit) == (100, 90)
 
 
-def test_missing_env_file_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_env_file_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("APPLIANCE_ENV_FILE", str(tmp_path / "nope.env"))
     with pytest.raises(ConfigError, match="APPLIANCE_ENV_FILE"):
         load_settings()
@@ -78,10 +80,12 @@ def test_invalid_values_name_the_variable_and_the_fix(
     assert "\n" not in message
 
 
-def test_visibility_timeout_must_exceed_the_hard_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_visibility_timeout_must_exceed_the_hard_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("APPLIANCE_TASK_TIME_LIMIT", "600")
     monkeypatch.setenv("APPLIANCE_VISIBILITY_TIMEOUT", "600")
-    with pytest.raises(ConfigError, match="APPLIANCE_VISIBILITY_TIMEOUT.*run.*twice|redeliver"):
+    with pytest.raises(ConfigError, match=r"APPLIANCE_VISIBILITY_TIMEOUT.*redeliver"):
         load_settings()
 
 
@@ -93,7 +97,9 @@ def test_soft_limit_above_hard_limit_is_refused(monkeypatch: pytest.MonkeyPatch)
 
 def test_groups_routes_and_task_modules_parse_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPLIANCE_QUEUES", "default,urgent,email,report")
-    monkeypatch.setenv("APPLIANCE_WORKER_GROUPS", "default=default;urgent=urgent;batch=email,report")
+    monkeypatch.setenv(
+        "APPLIANCE_WORKER_GROUPS", "default=default;urgent=urgent;batch=email,report"
+    )
     monkeypatch.setenv("APPLIANCE_ROUTES", "mail.*=email;reports.*=report")
     monkeypatch.setenv("APPLIANCE_TASK_MODULES", "myapp.tasks, other.tasks")
     settings = load_settings()

@@ -18,8 +18,12 @@ def test_a_failing_record_write_is_logged_and_counted(
     (tmp_path / "file").write_text("not a directory")
     get_settings.cache_clear()
     before = signals.write_errors
-    signals._on_publish(sender="demo.add", body=([1, 2], {}, {}),
-                        headers={"id": "x", "task": "demo.add"}, routing_key="default")  # fmt: skip
+    signals._on_publish(
+        sender="demo.add",
+        body=([1, 2], {}, {}),
+        headers={"id": "x", "task": "demo.add"},
+        routing_key="default",
+    )
     assert signals.write_errors == before + 1
     assert "task record not written" in caplog.text
 

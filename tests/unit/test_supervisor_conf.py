@@ -20,8 +20,14 @@ def _parse(text: str) -> configparser.RawConfigParser:
 def test_one_worker_program_per_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPLIANCE_QUEUES", "default,urgent")
     monkeypatch.setenv("APPLIANCE_WORKER_GROUPS", "default=default;urgent=urgent")
-    conf = _parse(render(load_settings(), bin_command="/opt/appliance/bin/appliance",
-                         user="appliance", log_dir=Path("/var/log/appliance")))  # fmt: skip
+    conf = _parse(
+        render(
+            load_settings(),
+            bin_command="/opt/appliance/bin/appliance",
+            user="appliance",
+            log_dir=Path("/var/log/appliance"),
+        )
+    )
     assert conf.get("program:appliance-worker-urgent", "command").strip() == (
         "/opt/appliance/bin/appliance worker --group urgent"
     )
@@ -43,6 +49,8 @@ def test_stop_settings_never_kill_running_tasks() -> None:
 
 def test_every_non_default_directive_is_commented() -> None:
     text = (deploy_dir() / "supervisor" / "appliance.conf").read_text()
-    directives = [line for line in text.splitlines() if line and line[0] not in ";[" and "=" in line]
+    directives = [
+        line for line in text.splitlines() if line and line[0] not in ";[" and "=" in line
+    ]
     assert directives
-    assert all(" ;" in line for line in directives), [l for l in directives if " ;" not in l]
+    assert all(" ;" in line for line in directives), [d for d in directives if " ;" not in d]

@@ -90,3 +90,13 @@ def test_bad_arguments_exit_2_without_traceback(runner: CliRunner, args: list[st
     result = runner.invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+def test_up_without_redis_server_says_how_to_install_it(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server anywhere
+    result = runner.invoke(cli, ["up"])
+    assert result.exit_code == 72
+    assert "apt-get install redis-server" in result.output
+    assert len(result.output.strip().splitlines()) == 1

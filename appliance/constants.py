@@ -74,3 +74,17 @@ EMBEDDED_BROKER_FILE = "broker.url"
 
 BEAT_SCHEDULE_FILE = "beat-schedule"
 SQLITE_FILE = "appliance.db"
+
+# Heartbeats: what the health check reads. Each worker node refreshes its key every
+# HEARTBEAT_INTERVAL seconds; a key that outlives HEARTBEAT_TTL means the node is gone.
+HEARTBEAT_INTERVAL = 10
+HEARTBEAT_TTL = 30
+WORKER_HEARTBEAT_KEY = KEY_PREFIX + "worker:{hostname}"  # JSON, one per worker node
+
+# Beat: one active beat across hosts holds the lease; every tick renews it and writes
+# the tick key. The loop interval stays well under the lease TTL and WatchdogSec/2.
+BEAT_LEASE_KEY = KEY_PREFIX + "beat:lease"  # value: the leader's random token
+BEAT_TICK_KEY = KEY_PREFIX + "beat:tick"  # JSON: leader, last tick, next due entry
+BEAT_LAST_RUN_KEY = KEY_PREFIX + "beat:last-run"  # hash: entry name -> last run (epoch s)
+DEFAULT_BEAT_LEASE_TTL = 30
+BEAT_MAX_LOOP_INTERVAL = 5

@@ -19,7 +19,7 @@ def _config() -> dict[str, Any]:
     return celery_config(get_settings())
 
 
-app = Celery("appliance")
+app = Celery("appliance", task_cls="appliance.task_base:ApplianceTask")
 app.add_defaults(_config)
 record_signals.connect()
 

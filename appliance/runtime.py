@@ -97,9 +97,17 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Run the worker in the foreground until it stops; return its exit code."""
     argv = worker_argv(settings, options)
     prepare_database(settings)
+    from appliance import worker_step
     from appliance.celery_app import load_tasks
 
+    worker_step.supervision = worker_step.Supervision.capture(
+        group=options.group,
+        queues=worker_queues(settings, options),
+        broker_url=settings.broker_url,
+        stop_timeout=settings.stop_timeout,
+    )
     app = load_tasks()
+    worker_step.install(app)
     return int(app.start(argv=argv) or 0)
 
 

@@ -1,0 +1,13 @@
+"""Tasks only the tests load (APPLIANCE_TASK_MODULES=tests.integration.probe_tasks)."""
+
+from __future__ import annotations
+
+import os
+
+from appliance.celery_app import app
+
+
+@app.task(name="probe.env")
+def env(name: str) -> str | None:
+    """The value of an environment variable inside the pool child that runs the task."""
+    return os.environ.get(name)

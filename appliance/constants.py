@@ -72,6 +72,10 @@ SYSTEM_ENV_FILE = "/etc/appliance/appliance.env"
 EMBEDDED_DIR = "embedded"
 EMBEDDED_BROKER_FILE = "broker.url"
 
+# Task states of the records: Celery's, plus PROGRESS from `appliance.progress.report`.
+TASK_STATES = ("PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "RETRY", "REVOKED")
+TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+
 BEAT_SCHEDULE_FILE = "beat-schedule"
 SQLITE_FILE = "appliance.db"
 

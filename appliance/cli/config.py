@@ -8,7 +8,6 @@ import click
 
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
 from appliance.errors import ConfigError
-from appliance.settings import env_var
 
 
 @click.group("config")
@@ -21,6 +20,8 @@ def config() -> None:
 @pass_cli
 def show(cli: CliContext, as_json: bool) -> None:
     """Print the effective settings (passwords masked)."""
+    from appliance.settings import env_var
+
     data = cli.settings.public_dict()
     if as_json:
         echo_json(data)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.settings import Settings, get_settings
+if TYPE_CHECKING:
+    from appliance.settings import Settings
 
 
 class CliContext:
@@ -16,6 +17,8 @@ class CliContext:
 
     @functools.cached_property
     def settings(self) -> Settings:
+        from appliance.settings import get_settings
+
         return get_settings()
 
     @property

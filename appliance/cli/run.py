@@ -7,7 +7,6 @@ import sys
 import click
 
 from appliance.cli.context import CliContext, pass_cli
-from appliance.runtime import WorkerOptions
 
 _LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
 
@@ -49,7 +48,7 @@ def worker(
     loglevel: str | None,
 ) -> None:
     """Run the Celery worker of the appliance in the foreground."""
-    from appliance.runtime import run_worker
+    from appliance.runtime import WorkerOptions, run_worker
 
     options = WorkerOptions(
         group=group,

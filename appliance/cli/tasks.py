@@ -6,11 +6,10 @@ from datetime import datetime
 from typing import Any
 
 import click
-from tabulate import tabulate
 
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
+from appliance.constants import TASK_STATES as STATES
 from appliance.errors import RecordNotFoundError
-from appliance.records.models import STATES
 from appliance.timeparse import parse_since
 
 
@@ -62,6 +61,8 @@ def list_(
     if as_json:
         echo_json(records)
         return
+    from tabulate import tabulate
+
     rows = [
         [
             r["id"],

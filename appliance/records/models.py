@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Celery's states, plus PROGRESS reported by `appliance.progress.report`.
-STATES = ("PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "RETRY", "REVOKED")
-TERMINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+from appliance.constants import TASK_STATES as STATES
+from appliance.constants import TERMINAL_STATES
+
+__all__ = ["STATES", "TERMINAL_STATES", "Base", "TaskRecord"]
 
 
 class Base(DeclarativeBase):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +18,13 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from appliance import constants as C
+from appliance.envsource import (
+    default_state_dir,
+    embedded_broker,
+    env_file_path,
+    split_list,
+    split_mapping,
+)
 from appliance.errors import ConfigError
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -55,38 +61,6 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _default_state_dir() -> Path:
-    systemd_dir = os.environ.get("STATE_DIRECTORY")
-    if systemd_dir:
-        return Path(systemd_dir.split(":")[0])
-    system = Path(C.SYSTEM_STATE_DIR)
-    if system.is_dir() and os.access(system, os.W_OK):
-        return system
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "appliance"
-
-
-def _split_list(value: Any) -> Any:
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    return value
-
-
-def _split_mapping(value: Any) -> Any:
-    """Parse ``KEY=VALUE;KEY=VALUE`` (the env-var form of a small mapping)."""
-    if not isinstance(value, str):
-        return value
-    mapping: dict[str, str] = {}
-    for entry in value.split(";"):
-        if not entry.strip():
-            continue
-        key, sep, val = entry.partition("=")
-        if not sep or not key.strip() or not val.strip():
-            raise ValueError(f"entry {entry.strip()!r} is not KEY=VALUE")
-        mapping[key.strip()] = val.strip()
-    return mapping
-
-
 class Settings(BaseSettings):
     """Effective configuration of one appliance process."""
 
@@ -106,7 +80,7 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("APPLIANCE_RESULT_BACKEND", "CELERY_RESULT_BACKEND")
     )
     database_url: str | None = None
-    state_dir: Path = Field(default_factory=_default_state_dir)
+    state_dir: Path = Field(default_factory=default_state_dir)
     task_modules: Annotated[list[str], NoDecode] = []
     queues: Annotated[list[str], NoDecode] = list(C.DEFAULT_QUEUES)
     default_queue: str = C.DEFAULT_QUEUE
@@ -125,23 +99,24 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     records_enabled: bool = True
     db_auto_upgrade: bool = True
+    beat_lease_ttl: int = Field(C.DEFAULT_BEAT_LEASE_TTL, gt=0)
 
     @field_validator("task_modules", "queues", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("routes", mode="before")
     @classmethod
     def _routes(cls, value: Any) -> Any:
-        return _split_mapping(value)
+        return split_mapping(value)
 
     @field_validator("worker_groups", mode="before")
     @classmethod
     def _groups(cls, value: Any) -> Any:
-        mapping = _split_mapping(value)
+        mapping = split_mapping(value)
         if isinstance(mapping, dict):
-            return {k: _split_list(v) for k, v in mapping.items()}
+            return {k: split_list(v) for k, v in mapping.items()}
         return mapping
 
     @field_validator("broker_url", "result_backend")
@@ -278,24 +253,6 @@ def env_var(field: str) -> str:
     return f"APPLIANCE_{field.upper()}"
 
 
-def _env_file() -> str | None:
-    explicit = os.environ.get("APPLIANCE_ENV_FILE")
-    if explicit:
-        if not Path(explicit).is_file():
-            raise ConfigError(
-                f"APPLIANCE_ENV_FILE={explicit} does not exist or is not a file; "
-                "fix: point it at an env file or unset it"
-            )
-        if not os.access(explicit, os.R_OK):
-            raise ConfigError(
-                f"APPLIANCE_ENV_FILE={explicit} is not readable by this user; "
-                "fix: run as a member of the appliance group or fix its permissions"
-            )
-        return explicit
-    default = Path(C.SYSTEM_ENV_FILE)
-    return str(default) if default.is_file() and os.access(default, os.R_OK) else None
-
-
 def _from_validation_error(exc: ValidationError) -> ConfigError:
     err = exc.errors(include_url=False)[0]
     ctx_error = (err.get("ctx") or {}).get("error")
@@ -312,23 +269,15 @@ def _from_validation_error(exc: ValidationError) -> ConfigError:
     return ConfigError(f"invalid {var}={shown!r}: {message}; fix: {fix}")
 
 
-def _embedded_broker(state_dir: Path) -> str | None:
-    path = state_dir / C.EMBEDDED_DIR / C.EMBEDDED_BROKER_FILE
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings; raise ConfigError with one line on any problem."""
     try:
-        settings = Settings(_env_file=_env_file(), **overrides)
+        settings = Settings(_env_file=env_file_path(), **overrides)
     except ValidationError as exc:
         raise _from_validation_error(exc) from None
     if "broker_url" not in settings.model_fields_set:
         # A running `appliance up` on this state dir: talk to its private Redis.
-        embedded = _embedded_broker(settings.state_dir)
+        embedded = embedded_broker(settings.state_dir)
         if embedded:
             settings = settings.model_copy(update={"broker_url": embedded})
     return settings

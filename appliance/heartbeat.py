@@ -41,6 +41,9 @@ class WorkerHeartbeat:
     rss_kib: int
     record_write_errors: int
     last_error: str | None
+    window_done: int = 0
+    window_failed: int = 0
+    window_seconds: int = 0
     state: str = "running"
 
     def to_json(self) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ from appliance.sdnotify import Notifier, scrub_child_environment, watchdog_inter
 from appliance.worker_stats import counters
 
 logger = logging.getLogger("appliance.worker")
+
+# Failure ratios are reported over this recent window (the health check's failure_pct).
+FAILURE_WINDOW_SECONDS = 15 * 60
 
 # A BRPOP is sent with a 1 s server-side timeout; allow this much more before we call
 # the connection stuck (kombu itself drops it after brpop_timeout + health_check_interval).
@@ -100,6 +104,8 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._timers: dict[str, Any] = {}
         self._client: redis.Redis[bytes] | None = None
         self._hostname = consumer.hostname
+        # (time, done, failed) at each heartbeat, for counts over the recent window.
+        self._samples: deque[tuple[float, int, int]] = deque()
 
     def start(self, consumer: Any) -> None:
         # Tasks has started consuming: that is what READY means here.
@@ -154,6 +160,11 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _beat(self, consumer: Any) -> None:
         supervision.notifier.status(status_line(self._hostname))
+        now = time.monotonic()
+        self._samples.append((now, counters.done, counters.failed))
+        while now - self._samples[0][0] > FAILURE_WINDOW_SECONDS:
+            self._samples.popleft()
+        since, done_then, failed_then = self._samples[0]
         beat = heartbeat.WorkerHeartbeat(
             hostname=self._hostname,
             pid=os.getpid(),
@@ -169,6 +180,9 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
             rss_kib=heartbeat.current_rss_kib(),
             record_write_errors=record_signals.write_errors,
             last_error=counters.last_error,
+            window_done=counters.done - done_then,
+            window_failed=counters.failed - failed_then,
+            window_seconds=int(now - since),
         )
         try:
             heartbeat.publish(self._redis(), beat)

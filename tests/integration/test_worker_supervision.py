@@ -40,8 +40,9 @@ def _notify_env(env: dict[str, str], peer: NotifyPeer) -> dict[str, str]:
 def test_ready_watchdog_status_and_stopping(
     appliance_env: dict[str, str], peer: NotifyPeer, tmp_path: Path
 ) -> None:
-    worker = ApplianceProcess(["worker", "-c", "1"], _notify_env(appliance_env, peer),
-                              tmp_path / "worker.log")  # fmt: skip
+    worker = ApplianceProcess(
+        ["worker", "-c", "1"], _notify_env(appliance_env, peer), tmp_path / "worker.log"
+    )
     try:
         wait_until(lambda: peer.times("READY", "1"), 60, "READY=1")
         # READY is sent by the step that runs after the Tasks step started consuming.
@@ -86,8 +87,11 @@ def test_watchdog_pings_stop_while_the_broker_connection_is_stuck(
     # A private Redis we can freeze: SIGSTOP leaves the TCP connection open but silent,
     # the way a dead host or a blackholing firewall does.
     with local_redis_server(tmp_path / "redis") as (server, redis_proc):
-        env = dict(_notify_env(appliance_env, peer), APPLIANCE_BROKER_URL=server.broker_url,
-                   APPLIANCE_RESULT_BACKEND=server.backend_url)  # fmt: skip
+        env = dict(
+            _notify_env(appliance_env, peer),
+            APPLIANCE_BROKER_URL=server.broker_url,
+            APPLIANCE_RESULT_BACKEND=server.backend_url,
+        )
         worker = ApplianceProcess(["worker", "-c", "1"], env, tmp_path / "worker.log")
         try:
             wait_until(

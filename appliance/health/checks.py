@@ -1,0 +1,337 @@
+"""The health checks. Each returns Check results; none raises for an unhealthy system."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from appliance import constants as C
+from appliance.health.config import HealthConfig, mask
+from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+# kombu's Redis transport: priority sub-queues are "<queue>\x06\x16<step>" for the
+# default steps 3, 6, 9 (step 0 is the queue itself), unacked messages live in a hash
+# and their delivery times in a sorted set.
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+PIDBOX_REPLY_PATTERN = "*.reply.celery.pidbox"
+
+
+@dataclass
+class Check:
+    """One check's verdict, with its measured value and thresholds for perfdata."""
+
+    name: str
+    status: int
+    message: str
+    value: float | None = None
+    uom: str = ""
+    warn: float | None = None
+    crit: float | None = None
+    minimum: float | None = 0
+    maximum: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = STATUS_NAMES[self.status]
+        return data
+
+
+def rate(value: float, thresholds: tuple[float, float]) -> int:
+    """OK / WARNING / CRITICAL for a value where higher is worse (a 0 threshold is off)."""
+    warn, crit = thresholds
+    if crit and value >= crit:
+        return CRITICAL
+    if warn and value >= warn:
+        return WARNING
+    return OK
+
+
+def _measured(
+    name: str, value: float, uom: str, thresholds: tuple[float, float], what: str
+) -> Check:
+    status = rate(value, thresholds)
+    shown = f"{value:.0f}{uom}" if uom != "ms" else f"{value:.1f}ms"
+    return Check(name, status, f"{what} {shown}", value, uom, thresholds[0], thresholds[1])
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def _enqueued_at(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        message = json.loads(raw)
+        return float(message["headers"][C.ENQUEUED_AT_HEADER])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
+    """Round trip, eviction policy, memory headroom, persistence."""
+    start = time.perf_counter()
+    conn.call("PING")
+    latency = (time.perf_counter() - start) * 1000
+    info = parse_info(conn.call("INFO", "everything"))
+    checks = [_measured("redis_latency", latency, "ms", cfg.threshold("latency_ms"), "Redis PING")]
+
+    policy = info.get("maxmemory_policy", "unknown")
+    if policy == "noeviction":
+        checks.append(Check("eviction_policy", OK, "maxmemory-policy noeviction"))
+    else:
+        checks.append(
+            Check(
+                "eviction_policy",
+                CRITICAL,
+                f"maxmemory-policy is {policy}: Redis may evict queued tasks; "
+                "fix: CONFIG SET maxmemory-policy noeviction (appliance redis tune)",
+            )
+        )
+
+    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    if limit == 0:
+        checks.append(
+            Check(
+                "memory",
+                WARNING,
+                f"no maxmemory set ({used // 1048576} MiB used): Redis grows until the "
+                "OOM killer; fix: set maxmemory (appliance redis tune)",
+                used,
+                "B",
+            )
+        )
+    else:
+        pct = used * 100 / limit
+        check = _measured("memory", pct, "%", cfg.threshold("memory_pct"), "Redis memory used")
+        check.maximum = 100
+        check.message += f" of {limit // 1048576} MiB"
+        checks.append(check)
+
+    if info.get("aof_enabled") != "1":
+        checks.append(
+            Check(
+                "persistence",
+                WARNING,
+                "AOF is off: a Redis restart loses queued tasks; fix: appendonly yes",
+            )
+        )
+    elif (
+        info.get("aof_last_write_status", "ok") != "ok"
+        or info.get("aof_last_bgrewrite_status", "ok") != "ok"
+    ):
+        checks.append(
+            Check(
+                "persistence",
+                CRITICAL,
+                "AOF writes are failing: Redis will refuse writes; fix: check its disk",
+            )
+        )
+    elif info.get("rdb_last_bgsave_status", "ok") != "ok":
+        checks.append(
+            Check(
+                "persistence",
+                CRITICAL,
+                "the last RDB save failed (MISCONF refuses writes); fix: check its disk",
+            )
+        )
+    else:
+        checks.append(Check("persistence", OK, "AOF on, last write ok"))
+    return checks
+
+
+def check_queues(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
+    """Depth (all priority sub-queues) and the oldest waiting message's age, per queue."""
+    commands: list[list[Any]] = []
+    for queue in cfg.queues:
+        for key in queue_keys(queue):
+            commands += [["LLEN", key], ["LINDEX", key, -1]]
+    replies = conn.pipeline(commands)
+    checks = []
+    for i, queue in enumerate(cfg.queues):
+        chunk = replies[i * 2 * len(PRIORITY_STEPS) : (i + 1) * 2 * len(PRIORITY_STEPS)]
+        depth = sum(chunk[0::2])
+        stamps = [t for t in (_enqueued_at(raw) for raw in chunk[1::2]) if t is not None]
+        age = max(0.0, now - min(stamps)) if stamps else 0.0
+        checks.append(
+            _measured(
+                f"queue_{queue}_depth",
+                depth,
+                "",
+                cfg.threshold("queue_depth"),
+                f"queue {queue}: depth",
+            )
+        )
+        checks.append(
+            _measured(
+                f"queue_{queue}_age",
+                age,
+                "s",
+                cfg.threshold("queue_age"),
+                f"queue {queue}: oldest waiting",
+            )
+        )
+    return checks
+
+
+def check_unacked(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
+    """Messages taken by workers but not acknowledged, and how long the oldest has been out."""
+    commands: list[list[Any]] = [
+        ["HLEN", UNACKED_KEY],
+        ["ZRANGE", UNACKED_INDEX_KEY, 0, 0, "WITHSCORES"],
+    ]
+    count, oldest = conn.pipeline(commands)
+    age = max(0.0, now - float(oldest[1])) if oldest else 0.0
+    checks = [Check("unacked", OK, f"{count} unacked", count)]
+    aged = _measured("unacked_age", age, "s", cfg.threshold("unacked_age"), "oldest unacked")
+    aged.message += f" (visibility timeout {cfg.visibility_timeout}s)"
+    aged.maximum = cfg.visibility_timeout
+    return [*checks, aged]
+
+
+def read_heartbeats(conn: Resp) -> list[dict[str, Any]]:
+    pattern = C.WORKER_HEARTBEAT_KEY.format(hostname="*")
+    keys: list[bytes] = []
+    cursor = b"0"
+    while True:
+        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+        keys += batch
+        if cursor in (b"0", 0, "0"):
+            break
+    if not keys:
+        return []
+    beats = []
+    for raw in conn.call("MGET", *keys):
+        try:
+            beats.append(json.loads(raw))
+        except (TypeError, ValueError):
+            continue
+    return beats
+
+
+def check_workers(cfg: HealthConfig, beats: list[dict[str, Any]], now: float) -> list[Check]:
+    """A live heartbeat for every expected queue group; write errors; failure ratio."""
+    checks = []
+    for group in cfg.expected_groups:
+        live = [b for b in beats if b.get("group") == group]
+        if live:
+            checks.append(
+                Check(f"workers_{group}", OK, f"group {group}: {len(live)} worker(s)", len(live))
+            )
+        else:
+            queues = ",".join(cfg.worker_groups.get(group, []))
+            checks.append(
+                Check(
+                    f"workers_{group}",
+                    CRITICAL,
+                    f"group {group}: no live worker for queues {queues}; "
+                    f"fix: systemctl start appliance-worker@{group}",
+                    0,
+                )
+            )
+    errors = sum(int(b.get("record_write_errors", 0)) for b in beats)
+    if errors:
+        checks.append(
+            Check(
+                "record_writes",
+                WARNING,
+                f"{errors} task record write(s) failed on workers: records have gaps; "
+                "fix: check APPLIANCE_DATABASE_URL and the database",
+                errors,
+            )
+        )
+    finished = sum(int(b.get("window_done", 0)) for b in beats)
+    failed = sum(int(b.get("window_failed", 0)) for b in beats)
+    if finished:
+        check = _measured(
+            "failure_ratio",
+            failed * 100 / finished,
+            "%",
+            cfg.threshold("failure_pct"),
+            "recent failures",
+        )
+        check.maximum = 100
+        check.message += f" ({failed} of {finished})"
+        checks.append(check)
+    return checks
+
+
+def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
+    """A fresh tick from the beat leader."""
+    raw = conn.call("GET", C.BEAT_TICK_KEY)
+    tick: dict[str, Any] = {}
+    if raw:
+        try:
+            tick = json.loads(raw)
+        except ValueError:
+            tick = {}
+    last = tick.get("last_tick")
+    if not isinstance(last, (int, float)):
+        status = CRITICAL if cfg.expect_beat else OK
+        message = (
+            "no beat leader is ticking; fix: systemctl start appliance-beat"
+            if cfg.expect_beat
+            else "beat not expected here"
+        )
+        return [Check("beat", status, message)]
+    check = _measured(
+        "beat_age", max(0.0, now - last), "s", cfg.threshold("beat_age"), "beat last tick"
+    )
+    check.message += f" (leader {tick.get('leader', '?')})"
+    return [check]
+
+
+def check_pidbox(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
+    """Reply keys of remote-control calls: they never expire (celery #6089) and pile up."""
+    count, cursor = 0, b"0"
+    while True:
+        cursor, batch = conn.call("SCAN", cursor, "MATCH", PIDBOX_REPLY_PATTERN, "COUNT", 1000)
+        count += len(batch)
+        if cursor in (b"0", 0, "0"):
+            break
+    check = _measured(
+        "pidbox_orphans", count, "", cfg.threshold("pidbox_orphans"), "pidbox reply keys"
+    )
+    if check.status:
+        check.message += "; fix: delete keys matching *.reply.celery.pidbox"
+    return [check]
+
+
+def run_redis_checks(cfg: HealthConfig) -> list[Check]:
+    """Every check that needs only Redis; CRITICAL at once when Redis cannot be reached."""
+    now = time.time()
+    try:
+        with Resp(cfg.broker_url, timeout=2.0) as conn:
+            checks = check_redis(cfg, conn, now)
+            checks += check_queues(cfg, conn, now)
+            checks += check_unacked(cfg, conn, now)
+            checks += check_workers(cfg, read_heartbeats(conn), now)
+            checks += check_beat(cfg, conn, now)
+            checks += check_pidbox(cfg, conn, now)
+            return checks
+    except RespConnectionError as exc:
+        return [
+            Check(
+                "redis",
+                CRITICAL,
+                f"Redis unreachable at {mask(cfg.broker_url)} ({exc}); "
+                "fix: start redis-server or correct APPLIANCE_BROKER_URL",
+            )
+        ]
+    except RespError as exc:
+        return [
+            Check(
+                "redis",
+                CRITICAL,
+                f"Redis refused the health check ({exc}); "
+                "fix: check the password/ACL in APPLIANCE_BROKER_URL",
+            )
+        ]

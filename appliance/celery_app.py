@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery
 
+from appliance import broker_transport
 from appliance.profile import celery_config
 from appliance.records import signals as record_signals
 from appliance.settings import get_settings
@@ -19,6 +20,7 @@ def _config() -> dict[str, Any]:
     return celery_config(get_settings())
 
 
+broker_transport.install()
 app = Celery("appliance", task_cls="appliance.task_base:ApplianceTask")
 app.add_defaults(_config)
 record_signals.connect()

@@ -85,6 +85,11 @@ HEARTBEAT_INTERVAL = 10
 HEARTBEAT_TTL = 30
 WORKER_HEARTBEAT_KEY = KEY_PREFIX + "worker:{hostname}"  # JSON, one per worker node
 
+# Dead letters: messages a worker cannot run (unknown task, undecodable or garbage body),
+# kept with their raw bytes instead of being dropped as stock Celery does.
+DEADLETTER_KEY = KEY_PREFIX + "deadletter"  # hash: id -> JSON entry
+DEADLETTER_INDEX_KEY = KEY_PREFIX + "deadletter:index"  # sorted set: id -> time stored
+
 # Beat: one active beat across hosts holds the lease; every tick renews it and writes
 # the tick key. The loop interval stays well under the lease TTL and WatchdogSec/2.
 BEAT_LEASE_KEY = KEY_PREFIX + "beat:lease"  # value: the leader's random token

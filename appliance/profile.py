@@ -104,6 +104,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
         },
         "worker_hijack_root_logger": True,
+        # Messages Celery would drop (unknown task, undecodable body) are dead-lettered.
+        "worker_consumer": "appliance.consumer:Consumer",
     }
 
 

@@ -43,9 +43,9 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from appliance.cli import config, db, health, run, submit, tasks
+    from appliance.cli import config, db, deadletter, health, queues, run, status, submit, tasks
 
-    for module in (config, db, health, run, submit, tasks):
+    for module in (config, db, deadletter, health, queues, run, status, submit, tasks):
         for command in module.COMMANDS:
             cli.add_command(command)
 

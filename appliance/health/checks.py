@@ -148,23 +148,48 @@ def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     return checks
 
 
-def check_queues(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
-    """Depth (all priority sub-queues) and the oldest waiting message's age, per queue."""
+def queue_stats(conn: Resp, queues: list[str], now: float) -> list[dict[str, Any]]:
+    """Per queue: depth over all priority sub-queues, depth per priority, oldest age (s)."""
     commands: list[list[Any]] = []
-    for queue in cfg.queues:
+    for queue in queues:
         for key in queue_keys(queue):
             commands += [["LLEN", key], ["LINDEX", key, -1]]
     replies = conn.pipeline(commands)
-    checks = []
-    for i, queue in enumerate(cfg.queues):
-        chunk = replies[i * 2 * len(PRIORITY_STEPS) : (i + 1) * 2 * len(PRIORITY_STEPS)]
-        depth = sum(chunk[0::2])
+    stats = []
+    per_queue = 2 * len(PRIORITY_STEPS)
+    for i, queue in enumerate(queues):
+        chunk = replies[i * per_queue : (i + 1) * per_queue]
         stamps = [t for t in (_enqueued_at(raw) for raw in chunk[1::2]) if t is not None]
-        age = max(0.0, now - min(stamps)) if stamps else 0.0
+        stats.append(
+            {
+                "queue": queue,
+                "depth": sum(chunk[0::2]),
+                "by_priority": dict(zip(PRIORITY_STEPS, chunk[0::2], strict=True)),
+                "oldest_age": max(0.0, now - min(stamps)) if stamps else 0.0,
+            }
+        )
+    return stats
+
+
+def unacked_stats(conn: Resp, now: float) -> dict[str, Any]:
+    """Messages taken by workers but not acknowledged, and how long the oldest has been out."""
+    commands: list[list[Any]] = [
+        ["HLEN", UNACKED_KEY],
+        ["ZRANGE", UNACKED_INDEX_KEY, 0, 0, "WITHSCORES"],
+    ]
+    count, oldest = conn.pipeline(commands)
+    return {"count": count, "oldest_age": max(0.0, now - float(oldest[1])) if oldest else 0.0}
+
+
+def check_queues(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
+    """Depth (all priority sub-queues) and the oldest waiting message's age, per queue."""
+    checks = []
+    for stat in queue_stats(conn, cfg.queues, now):
+        queue = stat["queue"]
         checks.append(
             _measured(
                 f"queue_{queue}_depth",
-                depth,
+                stat["depth"],
                 "",
                 cfg.threshold("queue_depth"),
                 f"queue {queue}: depth",
@@ -173,7 +198,7 @@ def check_queues(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
         checks.append(
             _measured(
                 f"queue_{queue}_age",
-                age,
+                stat["oldest_age"],
                 "s",
                 cfg.threshold("queue_age"),
                 f"queue {queue}: oldest waiting",
@@ -183,18 +208,14 @@ def check_queues(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
 
 
 def check_unacked(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
-    """Messages taken by workers but not acknowledged, and how long the oldest has been out."""
-    commands: list[list[Any]] = [
-        ["HLEN", UNACKED_KEY],
-        ["ZRANGE", UNACKED_INDEX_KEY, 0, 0, "WITHSCORES"],
-    ]
-    count, oldest = conn.pipeline(commands)
-    age = max(0.0, now - float(oldest[1])) if oldest else 0.0
-    checks = [Check("unacked", OK, f"{count} unacked", count)]
-    aged = _measured("unacked_age", age, "s", cfg.threshold("unacked_age"), "oldest unacked")
+    """Unacked count, and the oldest unacked age against the visibility timeout."""
+    stats = unacked_stats(conn, now)
+    aged = _measured(
+        "unacked_age", stats["oldest_age"], "s", cfg.threshold("unacked_age"), "oldest unacked"
+    )
     aged.message += f" (visibility timeout {cfg.visibility_timeout}s)"
     aged.maximum = cfg.visibility_timeout
-    return [*checks, aged]
+    return [Check("unacked", OK, f"{stats['count']} unacked", stats["count"]), aged]
 
 
 def read_heartbeats(conn: Resp) -> list[dict[str, Any]]:

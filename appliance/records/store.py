@@ -202,6 +202,21 @@ def record_revoked(url: str, *, task_id: str, name: str, reason: str) -> None:
     )
 
 
+def revoke_many(url: str, task_ids: Sequence[str], reason: str, chunk: int = 500) -> int:
+    """Mark existing records REVOKED in bulk (e.g. after a queue purge); return how many."""
+    changed = 0
+    stamp = now()
+    with session_scope(url) as session:
+        for start in range(0, len(task_ids), chunk):
+            result = session.execute(
+                update(TaskRecord)
+                .where(TaskRecord.id.in_(list(task_ids[start : start + chunk])))
+                .values(status="REVOKED", error=reason, finished_at=stamp, updated_at=stamp)
+            )
+            changed += int(getattr(result, "rowcount", 0) or 0)
+    return changed
+
+
 def delete_record(url: str, task_id: str) -> None:
     """Remove a record (a publish that failed leaves no PENDING record behind)."""
     with session_scope(url) as session:

@@ -49,6 +49,7 @@ def submit(
     countdown: float | None = None,
     eta: datetime | None = None,
     priority: int | None = None,
+    task_id: str | None = None,
 ) -> str:
     """Publish task *name* and return its id.
 
@@ -67,7 +68,8 @@ def submit(
             f"unknown queue {queue!r}; fix: use one of {', '.join(settings.queues)} "
             "or add it to APPLIANCE_QUEUES"
         )
-    task_id = str(uuid.uuid4())
+    republish = task_id is not None
+    task_id = task_id or str(uuid.uuid4())
     options: dict[str, Any] = {"task_id": task_id}
     if queue is not None:
         options["queue"] = queue
@@ -80,7 +82,8 @@ def submit(
     try:
         app.send_task(name, args=list(args), kwargs=dict(kwargs or {}), **options)
     except Exception as exc:
-        _forget(task_id)
+        if not republish:  # a record that existed before stays
+            _forget(task_id)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BrokerUnavailableError(
             f"could not publish {name} to {mask_url(settings.broker_url)} ({reason}); "

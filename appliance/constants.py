@@ -90,6 +90,11 @@ WORKER_HEARTBEAT_KEY = KEY_PREFIX + "worker:{hostname}"  # JSON, one per worker 
 DEADLETTER_KEY = KEY_PREFIX + "deadletter"  # hash: id -> JSON entry
 DEADLETTER_INDEX_KEY = KEY_PREFIX + "deadletter:index"  # sorted set: id -> time stored
 
+# Revokes persisted in Redis (id -> time), loaded by every worker at start: stock Celery
+# keeps them only in the memory of the workers running at the time. Kept this long.
+REVOKED_KEY = KEY_PREFIX + "revoked"
+REVOKED_KEEP_SECONDS = 30 * 24 * 3600
+
 # Beat: one active beat across hosts holds the lease; every tick renews it and writes
 # the tick key. The loop interval stays well under the lease TTL and WatchdogSec/2.
 BEAT_LEASE_KEY = KEY_PREFIX + "beat:lease"  # value: the leader's random token

@@ -108,6 +108,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._samples: deque[tuple[float, int, int]] = deque()
 
     def start(self, consumer: Any) -> None:
+        self._load_revokes()
         # Tasks has started consuming: that is what READY means here.
         supervision.notifier.ready(status_line(self._hostname))
         self._every(consumer, "heartbeat", C.HEARTBEAT_INTERVAL, self._beat)
@@ -141,6 +142,18 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.stop(consumer)
         with contextlib.suppress(redis.RedisError):
             heartbeat.remove(self._redis(), self._hostname)
+
+    def _load_revokes(self) -> None:
+        """Honour revokes issued while this worker was not running (kept in Redis)."""
+        from appliance.operations import persisted_revokes
+
+        try:
+            ids = persisted_revokes(self._redis())
+        except redis.RedisError as exc:
+            logger.warning("persisted revokes not loaded: %s", exc)
+            return
+        for task_id in ids:
+            worker_state.revoked.add(task_id)
 
     def _ping(self, consumer: Any) -> None:
         if broker_progressing(consumer):

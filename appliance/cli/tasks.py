@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -129,3 +130,97 @@ def names(as_json: bool) -> None:
 
 
 COMMANDS = [tasks]
+
+
+@tasks.command("retry")
+@click.argument("task_id", required=False)
+@click.option("--failed", is_flag=True, help="Retry every FAILURE record (with --name/--since).")
+@click.option("--name", help="With --failed: only tasks of this name.")
+@click.option("--since", callback=_since, help="With --failed: created since an age or ISO time.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--force", is_flag=True, help="Retry TASK_ID even if it is not FAILURE/REVOKED.")
+@pass_cli
+def retry(
+    cli: CliContext,
+    task_id: str | None,
+    failed: bool,
+    name: str | None,
+    since: datetime | None,
+    limit: int,
+    force: bool,
+) -> None:
+    """Republish a failed task (or every failed one) with its original arguments."""
+    from appliance import operations
+
+    if bool(task_id) == failed:
+        raise click.UsageError("give either TASK_ID or --failed")
+    if task_id:
+        new_id = operations.retry(cli.settings, task_id, force=force)
+        click.echo(new_id if new_id == task_id else f"{task_id} -> {new_id}")
+        return
+    pairs = operations.retry_failed(cli.settings, name=name, since=since, limit=limit)
+    for old, new in pairs:
+        click.echo(new if new == old else f"{old} -> {new}")
+    click.echo(f"retried {len(pairs)} task(s)", err=True)
+
+
+@tasks.command("revoke")
+@click.argument("task_id")
+@click.option(
+    "--terminate", is_flag=True, help="Also kill it if it is running (SIGTERM to its child)."
+)
+@pass_cli
+def revoke(cli: CliContext, task_id: str, terminate: bool) -> None:
+    """Stop a task from running; remembered in Redis for workers that start later."""
+    from appliance import operations
+
+    operations.revoke(cli.settings, task_id, terminate=terminate)
+    click.echo(f"revoked {task_id}" + (" (terminating if running)" if terminate else ""))
+
+
+@tasks.command("purge")
+@click.option("--older-than", "older_than", required=True, help="Age like 30d, 12h.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATES, case_sensitive=False),
+    help="Only these states (repeatable; default: SUCCESS, FAILURE, REVOKED).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_cli
+def purge(cli: CliContext, older_than: str, statuses: tuple[str, ...], yes: bool) -> None:
+    """Delete task records older than an age (finished ones unless --status says otherwise)."""
+    from appliance import operations
+    from appliance.constants import TERMINAL_STATES
+    from appliance.records import store
+    from appliance.records.db import translate_errors
+    from appliance.timeparse import parse_age
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    chosen = tuple(s.upper() for s in statuses) or TERMINAL_STATES
+    cutoff = store.now() - age
+    url = cli.records_url
+    with translate_errors(url):
+        count = store.count_records(url, before=cutoff, statuses=chosen)
+        if count == 0:
+            click.echo("no task records match")
+            return
+        if not yes:
+            click.confirm(
+                f"Delete {count} task record(s) ({', '.join(chosen)}) older than {older_than}?",
+                abort=True,
+            )
+
+        if count > 1000:
+            batches = list(range(0, count, 1000))
+            with click.progressbar(batches, label="deleting", file=sys.stderr) as bar:
+                deleted = operations.purge_records(
+                    cli.settings, cutoff, chosen, progress=lambda _: iter(bar)
+                )
+        else:
+            deleted = operations.purge_records(cli.settings, cutoff, chosen)
+    click.echo(f"deleted {deleted} task record(s)")

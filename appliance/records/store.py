@@ -284,6 +284,50 @@ def delete_finished_before(
         return int(getattr(result, "rowcount", 0) or 0)
 
 
+def reset_for_retry(url: str, task_id: str) -> None:
+    """Put a finished record back to PENDING before it is republished under its id."""
+    with session_scope(url) as session:
+        session.execute(
+            update(TaskRecord)
+            .where(TaskRecord.id == task_id)
+            .values(
+                status="PENDING",
+                progress=0,
+                progress_message=None,
+                result=None,
+                started_at=None,
+                finished_at=None,
+                updated_at=now(),
+            )
+        )
+
+
+def count_records(url: str, *, before: datetime, statuses: Sequence[str]) -> int:
+    with session_scope(url) as session:
+        query = (
+            select(func.count())
+            .select_from(TaskRecord)
+            .where(TaskRecord.created_at < before, TaskRecord.status.in_(list(statuses)))
+        )
+        return int(session.scalar(query) or 0)
+
+
+def delete_batch(url: str, *, before: datetime, statuses: Sequence[str], limit: int) -> int:
+    """Delete up to *limit* matching records (oldest first); return how many went."""
+    with session_scope(url) as session:
+        ids = list(
+            session.scalars(
+                select(TaskRecord.id)
+                .where(TaskRecord.created_at < before, TaskRecord.status.in_(list(statuses)))
+                .order_by(TaskRecord.created_at)
+                .limit(limit)
+            )
+        )
+        if ids:
+            session.execute(delete(TaskRecord).where(TaskRecord.id.in_(ids)))
+        return len(ids)
+
+
 def ping(url: str) -> None:
     """Raise if the database cannot be reached."""
     with get_engine(url).connect() as conn:

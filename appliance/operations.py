@@ -1,0 +1,124 @@
+"""Operator actions on tasks: retry failed work, revoke, purge old records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+from appliance import constants as C
+from appliance.errors import ApplianceError, RecordNotFoundError
+from appliance.settings import Settings
+
+RETRYABLE = ("FAILURE", "REVOKED")
+
+
+def retry(settings: Settings, task_id: str, *, force: bool = False) -> str:
+    """Republish a finished task with its original name, arguments and queue; return its id.
+
+    A FAILURE is republished under the same id (its record goes back to PENDING and the
+    old result is forgotten); a REVOKED task gets a new id, since workers keep
+    discarding a revoked id.
+    """
+    from appliance import api
+    from appliance.records import store
+
+    url = settings.effective_database_url
+    record = store.get_record(url, task_id)
+    if record is None:
+        raise RecordNotFoundError(f"no task record with id {task_id}; fix: check the id")
+    if record["status"] not in RETRYABLE and not force:
+        raise ApplianceError(
+            f"task {task_id} is {record['status']}, not FAILURE or REVOKED; "
+            "fix: wait for it to finish, or pass --force to run it again anyway"
+        )
+    queue = record["queue"] if record["queue"] in settings.queues else None
+    args, kwargs = record["args"] or [], record["kwargs"] or {}
+    if record["status"] == "REVOKED":
+        return api.submit(record["name"], args=args, kwargs=kwargs, queue=queue)
+    from celery.result import AsyncResult
+
+    from appliance.celery_app import load_tasks
+
+    AsyncResult(task_id, app=load_tasks()).forget()
+    store.reset_for_retry(url, task_id)
+    try:
+        return api.submit(record["name"], args=args, kwargs=kwargs, queue=queue, task_id=task_id)
+    except ApplianceError:
+        store.record_failed(
+            url,
+            task_id=task_id,
+            name=record["name"],
+            error=record["error"] or "",
+            traceback=record["traceback"],
+        )
+        raise
+
+
+def retry_failed(
+    settings: Settings, *, name: str | None = None, since: datetime | None = None, limit: int = 1000
+) -> list[tuple[str, str]]:
+    """Retry every FAILURE record matching the filters; return (old id, new id) pairs."""
+    from appliance.records import store
+
+    records = store.list_records(
+        settings.effective_database_url, status="FAILURE", name=name, since=since, limit=limit
+    )
+    return [(r["id"], retry(settings, r["id"])) for r in records]
+
+
+def revoke(settings: Settings, task_id: str, *, terminate: bool = False) -> None:
+    """Revoke a task: broadcast to running workers, persist for workers that start later,
+    and mark its record REVOKED unless it already finished."""
+    import redis
+
+    from appliance.broker import client, unavailable
+    from appliance.celery_app import load_tasks
+    from appliance.records import store
+
+    now = time.time()
+    try:
+        pipe = client(settings).pipeline(transaction=True)
+        pipe.zadd(C.REVOKED_KEY, {task_id: now})
+        pipe.zremrangebyscore(C.REVOKED_KEY, 0, now - C.REVOKED_KEEP_SECONDS)
+        pipe.execute()
+        load_tasks().control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+    except (redis.RedisError, OSError) as exc:
+        raise unavailable(settings, exc) from None
+    record = store.get_record(settings.effective_database_url, task_id)
+    if record is not None and record["status"] not in C.TERMINAL_STATES:
+        if record["status"] in ("STARTED", "PROGRESS") and not terminate:
+            return  # it runs to the end; only its redeliveries are discarded
+        reason = "terminated by operator" if terminate else "revoked by operator"
+        store.record_revoked(
+            settings.effective_database_url, task_id=task_id, name=record["name"], reason=reason
+        )
+
+
+def persisted_revokes(redis_client: Any) -> list[str]:
+    """Ids revoked within the keep period (a starting worker adds them to its revoked set)."""
+    cutoff = time.time() - C.REVOKED_KEEP_SECONDS
+    return [i.decode() for i in redis_client.zrangebyscore(C.REVOKED_KEY, cutoff, "+inf")]
+
+
+def purge_records(
+    settings: Settings,
+    cutoff: datetime,
+    statuses: tuple[str, ...],
+    progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
+    batch: int = 1000,
+) -> int:
+    """Delete records created before *cutoff* in *statuses*, in batches; return how many."""
+    from appliance.records import store
+
+    url = settings.effective_database_url
+    total = store.count_records(url, before=cutoff, statuses=statuses)
+    batches: Iterator[int] = iter(range(0, total, batch))
+    deleted = 0
+    for _ in progress(batches) if progress else batches:
+        gone = store.delete_batch(url, before=cutoff, statuses=statuses, limit=batch)
+        deleted += gone
+        if gone == 0:
+            break
+    return deleted

@@ -112,11 +112,19 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
 
 
 def beat_argv(settings: Settings, loglevel: str | None = None) -> list[str]:
-    """Arguments for Celery's beat command; the schedule state lives in the state dir."""
-    from appliance.constants import BEAT_SCHEDULE_FILE
+    """Arguments for Celery's beat command; the schedule state lives in the state dir.
+
+    The leader scheduler sends only while it holds the beat lease in Redis, so beat may
+    run on every host; stock beat may sleep 300 s, ours ticks (and renews) more often.
+    """
+    from appliance.constants import BEAT_MAX_LOOP_INTERVAL, BEAT_SCHEDULE_FILE
 
     return [
         "beat",
+        "--scheduler",
+        "appliance.beat_scheduler:LeaderScheduler",
+        "--max-interval",
+        str(BEAT_MAX_LOOP_INTERVAL),
         "--schedule",
         str(settings.state_dir / BEAT_SCHEDULE_FILE),
         "--loglevel",

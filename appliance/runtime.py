@@ -93,9 +93,37 @@ def prepare_database(settings: Settings) -> None:
         logger.warning("%s; starting anyway, task records will be missing", exc)
 
 
+def refuse_evicting_broker(settings: Settings) -> None:
+    """Exit 78 on a broker whose maxmemory-policy can evict queued tasks.
+
+    A Redis that cannot be reached is not judged here: the worker waits for it.
+    """
+    from urllib.parse import urlsplit
+
+    if urlsplit(settings.broker_url).scheme not in ("redis", "rediss"):
+        return
+    import redis
+
+    from appliance.broker import client
+    from appliance.settings import mask_url
+
+    try:
+        policy = str(client(settings).info("memory").get("maxmemory_policy", "noeviction"))
+    except redis.RedisError as exc:
+        logger.warning("broker eviction policy not checked (%s)", exc)
+        return
+    if policy != "noeviction":
+        raise ConfigError(
+            f"the broker {mask_url(settings.broker_url)} has maxmemory-policy {policy}, which "
+            "evicts queued tasks; fix: appliance redis tune --apply (or CONFIG SET "
+            "maxmemory-policy noeviction)"
+        )
+
+
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Run the worker in the foreground until it stops; return its exit code."""
     argv = worker_argv(settings, options)
+    refuse_evicting_broker(settings)
     prepare_database(settings)
     from appliance import worker_step
     from appliance.celery_app import load_tasks

@@ -43,9 +43,22 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from appliance.cli import config, db, deadletter, health, queues, run, status, submit, tasks
+    from appliance.cli import (
+        config,
+        db,
+        deadletter,
+        deploy,
+        health,
+        queues,
+        redis,
+        run,
+        status,
+        submit,
+        tasks,
+    )
 
-    for module in (config, db, deadletter, health, queues, run, status, submit, tasks):
+    modules = (config, db, deadletter, health, queues, redis, run, status, submit, tasks)
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -73,7 +73,7 @@ def _docker_answers() -> bool:
 
 @contextmanager
 def local_redis_server(
-    workdir: Path, *extra: str
+    workdir: Path, *extra: str, conf: Path | None = None
 ) -> Iterator[tuple[RedisServer, subprocess.Popen[bytes]]]:
     """A redis-server process on a free loopback port, stopped on exit."""
     binary = shutil.which("redis-server")
@@ -82,6 +82,7 @@ def local_redis_server(
     workdir.mkdir(parents=True, exist_ok=True)
     args = [
         binary,
+        *([str(conf)] if conf else []),
         "--port",
         str(port),
         "--bind",
@@ -99,7 +100,13 @@ def local_redis_server(
     proc = subprocess.Popen(args, start_new_session=True)
     server = RedisServer("127.0.0.1", port)
     try:
-        wait_until(lambda: _pings(server), 15, "redis-server to answer PING")
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"redis-server exited with {proc.returncode}")
+            return _pings(server)
+
+        wait_until(up, 15, "redis-server to answer PING")
         yield server, proc
     finally:
         proc.terminate()

@@ -47,7 +47,6 @@ def _register() -> None:
         config,
         db,
         deadletter,
-        deploy,
         health,
         queues,
         redis,

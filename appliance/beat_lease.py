@@ -9,7 +9,6 @@ under its successor's lease.
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 import redis
 
@@ -40,9 +39,7 @@ return 0
 class Lease:
     """One process's claim on the lease stored at *key*."""
 
-    def __init__(
-        self, client: redis.Redis[Any], key: str, ttl: float, token: str | None = None
-    ) -> None:
+    def __init__(self, client: redis.Redis, key: str, ttl: float, token: str | None = None) -> None:
         self.client = client
         self.key = key
         self.ttl = ttl
@@ -80,4 +77,4 @@ class Lease:
         return self._run(HSET_IF_HELD_SCRIPT, [self.key, key], self.token, field, value)
 
     def _run(self, script: str, keys: list[str], *args: str | int) -> bool:
-        return bool(self.client.eval(script, len(keys), *keys, *args))  # type: ignore[no-untyped-call]
+        return bool(self.client.eval(script, len(keys), *keys, *args))

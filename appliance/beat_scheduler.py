@@ -43,7 +43,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
     def __init__(
         self,
         *args: Any,
-        redis_client: redis.Redis[Any] | None = None,
+        redis_client: redis.Redis | None = None,
         notifier: Notifier | None = None,
         **kwargs: Any,
     ) -> None:
@@ -208,7 +208,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
             self._lease = Lease(client, C.BEAT_LEASE_KEY, self.lease_ttl)
         return self._lease
 
-    def _broker_redis(self) -> redis.Redis[Any]:
+    def _broker_redis(self) -> redis.Redis:
         # kombu builds the pool from the broker URL and transport options, so sentinel://,
         # rediss:// and the socket timeouts apply here exactly as for the broker.
         connection = self.app.connection_for_write()

@@ -11,7 +11,7 @@ from appliance.errors import BrokerUnavailableError
 from appliance.settings import Settings, mask_url
 
 
-def client(settings: Settings) -> redis.Redis[bytes]:
+def client(settings: Settings) -> redis.Redis:
     """A redis-py client for the broker database, with short timeouts."""
     return redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
 

@@ -66,36 +66,39 @@ def make(
     )
 
 
-def store(client: redis.Redis[bytes], letter: DeadLetter) -> None:
+def store(client: redis.Redis, letter: DeadLetter) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.hset(C.DEADLETTER_KEY, letter.id, json.dumps(asdict(letter)))
     pipe.zadd(C.DEADLETTER_INDEX_KEY, {letter.id: letter.stored_at})
     pipe.execute()
 
 
-def _parse(raw: bytes | None) -> DeadLetter | None:
+def _parse(raw: bytes | str | None) -> DeadLetter | None:
     if not raw:
         return None
     return DeadLetter(**json.loads(raw))
 
 
-def get(client: redis.Redis[bytes], letter_id: str) -> DeadLetter | None:
+def get(client: redis.Redis, letter_id: str) -> DeadLetter | None:
     return _parse(client.hget(C.DEADLETTER_KEY, letter_id))
 
 
-def list_letters(client: redis.Redis[bytes], limit: int = 100) -> list[DeadLetter]:
+def list_letters(client: redis.Redis, limit: int = 100) -> list[DeadLetter]:
     """Newest first."""
-    ids = client.zrevrange(C.DEADLETTER_INDEX_KEY, 0, limit - 1)
+    ids = [
+        str(i, "utf-8") if isinstance(i, bytes) else str(i)
+        for i in client.zrevrange(C.DEADLETTER_INDEX_KEY, 0, limit - 1)
+    ]
     if not ids:
         return []
     return [d for d in (_parse(raw) for raw in client.hmget(C.DEADLETTER_KEY, ids)) if d]
 
 
-def count(client: redis.Redis[bytes]) -> int:
+def count(client: redis.Redis) -> int:
     return int(client.zcard(C.DEADLETTER_INDEX_KEY))
 
 
-def drop(client: redis.Redis[bytes], letter_id: str) -> bool:
+def drop(client: redis.Redis, letter_id: str) -> bool:
     pipe = client.pipeline(transaction=True)
     pipe.hdel(C.DEADLETTER_KEY, letter_id)
     pipe.zrem(C.DEADLETTER_INDEX_KEY, letter_id)
@@ -103,7 +106,7 @@ def drop(client: redis.Redis[bytes], letter_id: str) -> bool:
     return bool(removed)
 
 
-def requeue(client: redis.Redis[bytes], letter: DeadLetter, queue: str | None = None) -> str:
+def requeue(client: redis.Redis, letter: DeadLetter, queue: str | None = None) -> str:
     """Put the message back on its queue (atomically with its removal); return the queue."""
     target = queue or letter.queue
     if not target:

@@ -54,16 +54,16 @@ def worker_key(hostname: str) -> str:
     return C.WORKER_HEARTBEAT_KEY.format(hostname=hostname)
 
 
-def publish(client: redis.Redis[bytes], beat: WorkerHeartbeat, ttl: int = C.HEARTBEAT_TTL) -> None:
+def publish(client: redis.Redis, beat: WorkerHeartbeat, ttl: int = C.HEARTBEAT_TTL) -> None:
     """Write the heartbeat with its TTL (a node that stops writing disappears)."""
     client.set(worker_key(beat.hostname), beat.to_json(), ex=ttl)
 
 
-def remove(client: redis.Redis[bytes], hostname: str) -> None:
+def remove(client: redis.Redis, hostname: str) -> None:
     client.delete(worker_key(hostname))
 
 
-def read_all(client: redis.Redis[bytes]) -> list[dict[str, Any]]:
+def read_all(client: redis.Redis) -> list[dict[str, Any]]:
     """Every live worker heartbeat (SCAN, never KEYS)."""
     pattern = C.WORKER_HEARTBEAT_KEY.format(hostname="*")
     keys = list(client.scan_iter(match=pattern, count=200))

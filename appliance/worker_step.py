@@ -102,7 +102,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, **kwargs)
         self._timers: dict[str, Any] = {}
-        self._client: redis.Redis[bytes] | None = None
+        self._client: redis.Redis | None = None
         self._hostname = consumer.hostname
         # (time, done, failed) at each heartbeat, for counts over the recent window.
         self._samples: deque[tuple[float, int, int]] = deque()
@@ -161,7 +161,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         else:
             logger.warning("broker connection is not making progress: watchdog ping withheld")
 
-    def _redis(self) -> redis.Redis[bytes]:
+    def _redis(self) -> redis.Redis:
         if self._client is None:
             self._client = redis.Redis.from_url(
                 supervision.broker_url,

@@ -73,13 +73,19 @@ def _docker_answers() -> bool:
 
 @contextmanager
 def local_redis_server(
-    workdir: Path, *extra: str, conf: Path | None = None
+    workdir: Path, *extra: str, conf: Path | None = None, password: str | None = None
 ) -> Iterator[tuple[RedisServer, subprocess.Popen[bytes]]]:
-    """A redis-server process on a free loopback port, stopped on exit."""
+    """A redis-server process on a free loopback port, stopped on exit.
+
+    A *password* goes into a config file, never onto the command line (`ps` shows that).
+    """
     binary = shutil.which("redis-server")
     assert binary, "redis-server not installed"
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    if password:
+        conf = conf or workdir / "auth.conf"
+        conf.write_text((conf.read_text() if conf.exists() else "") + f"requirepass {password}\n")
     args = [
         binary,
         *([str(conf)] if conf else []),
@@ -98,7 +104,7 @@ def local_redis_server(
         *extra,
     ]
     proc = subprocess.Popen(args, start_new_session=True)
-    server = RedisServer("127.0.0.1", port)
+    server = RedisServer("127.0.0.1", port, password=password)
     try:
 
         def up() -> bool:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
+
+import redis
 
 from appliance.celery_app import app
+from appliance.settings import get_settings
 
 
 @app.task(name="probe.env")
@@ -18,3 +23,20 @@ def needs_file(path: str) -> str:
     """Fail until *path* exists (an operator fixes the cause, then retries)."""
     with open(path) as handle:
         return handle.read()
+
+
+@app.task(
+    name="probe.tally",
+    bind=True,
+    autoretry_for=(OSError, redis.ConnectionError),
+    retry_backoff=0.5,
+    max_retries=20,
+)
+def tally(self: Any, seconds: float = 0.02) -> int:
+    """Count this execution in a Redis hash keyed by task id (duplicates show as > 1).
+
+    The count itself needs Redis, so while Redis restarts the task retries.
+    """
+    time.sleep(seconds)
+    client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
+    return int(client.hincrby("appliance-test:tally", self.request.id, 1))

@@ -24,3 +24,16 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pa
     get_settings.cache_clear()
     yield env_file
     get_settings.cache_clear()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures fault-injection tests attach (recovery seconds, duplicates) as a table."""
+    rows = []
+    for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed"):
+        if report.when == "call" and report.user_properties and "test_faults" in report.nodeid:
+            figures = ", ".join(f"{k}={v}" for k, v in report.user_properties)
+            rows.append(f"{report.outcome.upper():<7} {report.nodeid.split('::')[-1]}: {figures}")
+    if rows:
+        terminalreporter.write_sep("-", "fault-injection figures (lost = 0 is asserted)")
+        for row in rows:
+            terminalreporter.write_line(row)

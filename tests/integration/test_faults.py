@@ -72,6 +72,8 @@ def test_worker_sigkill_mid_load_then_restart_loses_nothing(
         restarted.terminate()
     statuses = _statuses(url, ids)
     assert [t for t, s in statuses.items() if s != "SUCCESS"] == []  # lost = 0
+    record_property("tasks", LOAD)
+    record_property("lost", 0)
     record_property("recovery_seconds", round(time.monotonic() - killed_at, 1))
     record_property("duplicates", _duplicates(clean_redis, ids))
 
@@ -121,10 +123,13 @@ def test_redis_restart_with_aof_during_load_loses_nothing_and_the_worker_resumes
                 # And it still consumes new work on the new connection.
                 more = publish_batch(env, 5)
                 wait_until(_done(url, more), 60, "new tasks after the restart")
+                record_property("tasks", LOAD)
+                record_property("lost", 0)
+                record_property("recovery_seconds", recovered)
+                record_property("duplicates", _duplicates(server, ids))
             finally:
                 restarted.terminate()
                 restarted.wait(30)
         finally:
             worker.terminate()
     assert [t for t, s in _statuses(url, ids).items() if s != "SUCCESS"] == []  # lost = 0
-    record_property("recovery_seconds", round(time.monotonic() - stopped_at, 1))

@@ -119,6 +119,7 @@ def test_redis_restart_with_aof_during_load_loses_nothing_and_the_worker_resumes
                 wait_until(
                     _done(url, ids), 180, f"all {LOAD} tasks SUCCESS after the Redis restart"
                 )
+                recovered = round(time.monotonic() - stopped_at, 1)
                 assert worker.proc.poll() is None, "the worker kept running (no restart needed)"
                 # And it still consumes new work on the new connection.
                 more = publish_batch(env, 5)

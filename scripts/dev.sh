@@ -12,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${APPLIANCE_VENV:-$ROOT/.venv}
-PYTHON=${PYTHON:-$( [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v python3 )}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=$(command -v python3 || true); fi
+fi
 MODE=${1:-setup}
 shift || true
 
@@ -49,11 +51,21 @@ command -v redis-server >/dev/null || apt_install redis-server
 EXTRAS=""
 if [ "$MODE" = "test" ]; then
     EXTRAS="[test]"
+    # The deploy tests: systemd-analyze (unit checks), shellcheck (scripts), and as root
+    # debootstrap + systemd-nspawn to boot a real systemd (tests/system).
+    command -v systemd-analyze >/dev/null || apt_install systemd
+    command -v shellcheck >/dev/null || apt_install shellcheck
+    if [ "$(id -u)" -eq 0 ]; then
+        command -v debootstrap >/dev/null || apt_install debootstrap
+        command -v systemd-nspawn >/dev/null || apt_install systemd-container
+    fi
     # The PostgreSQL tests need a server on 127.0.0.1:5432 (trust auth for user postgres).
     if ! command -v pg_isready >/dev/null; then apt_install postgresql; fi
     if ! pg_isready -q -h 127.0.0.1 -p 5432; then
         say "starting PostgreSQL"
-        for version in $(ls /etc/postgresql 2>/dev/null); do
+        for cluster in /etc/postgresql/*/main; do
+            [ -d "$cluster" ] || continue
+            version=$(basename "$(dirname "$cluster")")
             as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
         done
     fi

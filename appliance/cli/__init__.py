@@ -47,6 +47,7 @@ def _register() -> None:
         config,
         db,
         deadletter,
+        deploy,
         health,
         queues,
         redis,
@@ -56,7 +57,7 @@ def _register() -> None:
         tasks,
     )
 
-    modules = (config, db, deadletter, health, queues, redis, run, status, submit, tasks)
+    modules = (config, db, deadletter, deploy, health, queues, redis, run, status, submit, tasks)
     for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)

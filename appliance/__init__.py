@@ -17,11 +17,13 @@ def submit(
     kwargs: dict[str, Any] | None = None,
     queue: str | None = None,
     countdown: float | None = None,
+    **options: Any,
 ) -> str:
-    """Publish task *name* and return its id (see :func:`appliance.api.submit`)."""
+    """Publish task *name* and return its id (see :func:`appliance.api.submit` for the
+    other *options*: eta, priority, soft_time_limit, time_limit)."""
     from appliance.api import submit as _submit
 
-    return _submit(name, args=args, kwargs=kwargs, queue=queue, countdown=countdown)
+    return _submit(name, args=args, kwargs=kwargs, queue=queue, countdown=countdown, **options)
 
 
 def get_task(task_id: str) -> dict[str, Any] | None:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from appliance import exitcodes
 from appliance.errors import (
     ApplianceError,
     BrokerUnavailableError,
+    SubmitOptionError,
     TaskFailedError,
     UnknownTaskError,
     WaitTimeoutError,
 )
 from appliance.records.models import TERMINAL_STATES
-from appliance.settings import get_settings, mask_url
+from appliance.settings import Settings, get_settings, mask_url
 
 # After a waited-for result arrives, wait this long at most for its record to say so too
 # (the result backend is written just before the record).
@@ -41,6 +43,13 @@ def _records_url() -> str | None:
     return settings.effective_database_url if settings.records_enabled else None
 
 
+def _unknown_task(name: str) -> UnknownTaskError:
+    return UnknownTaskError(
+        f"unknown task {name!r}; fix: check the name (`appliance tasks names` lists them) "
+        "or add its module to APPLIANCE_TASK_MODULES"
+    )
+
+
 def submit(
     name: str,
     args: tuple[Any, ...] | list[Any] = (),
@@ -50,24 +59,40 @@ def submit(
     eta: datetime | None = None,
     priority: int | None = None,
     task_id: str | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
 ) -> str:
     """Publish task *name* and return its id.
 
-    Raises UnknownTaskError, UnknownQueueError or BrokerUnavailableError; on any of them
-    nothing is queued and no PENDING record is left behind.
+    *priority* 0-9 is Redis's: 0 first (see README). *soft_time_limit* / *time_limit*
+    (seconds) override the task's limits for this call.
+
+    Raises UnknownTaskError, UnknownQueueError, SubmitOptionError (an ETA or time limit
+    beyond the visibility timeout, a soft limit above the hard one) or
+    BrokerUnavailableError; on any of them nothing is queued and no PENDING record is
+    left behind.
     """
     app = _app()
     if name not in app.tasks:
-        raise UnknownTaskError(
-            f"unknown task {name!r}; fix: check the name (`appliance tasks names` lists them) "
-            "or add its module to APPLIANCE_TASK_MODULES"
-        )
+        raise _unknown_task(name)
     settings = get_settings()
     if queue is not None and queue not in settings.queues:
         raise UnknownQueueError(
             f"unknown queue {queue!r}; fix: use one of {', '.join(settings.queues)} "
             "or add it to APPLIANCE_QUEUES"
         )
+    task = app.tasks[name]
+    hard = time_limit or task.time_limit or settings.task_time_limit
+    if soft_time_limit is not None or time_limit is not None:
+        # Celery copies the configured limits onto every task that sets none of its own.
+        soft = soft_time_limit or task.soft_time_limit or settings.task_soft_time_limit
+        soft_origin = ""
+        if soft_time_limit is None:
+            own = soft != settings.task_soft_time_limit
+            soft_origin = "the task's own" if own else "APPLIANCE_TASK_SOFT_TIME_LIMIT"
+        _check_limits(settings, soft, hard, soft_origin)
+    if countdown is not None or eta is not None:
+        _check_delay(settings, countdown, eta, hard)
     republish = task_id is not None
     task_id = task_id or str(uuid.uuid4())
     options: dict[str, Any] = {"task_id": task_id}
@@ -79,17 +104,128 @@ def submit(
         options["eta"] = eta
     if priority is not None:
         options["priority"] = priority
+    if soft_time_limit is not None:
+        options["soft_time_limit"] = soft_time_limit
+    if time_limit is not None:
+        options["time_limit"] = time_limit
     try:
         app.send_task(name, args=list(args), kwargs=dict(kwargs or {}), **options)
     except Exception as exc:
         if not republish:  # a record that existed before stays
             _forget(task_id)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _first_line(exc)
         raise BrokerUnavailableError(
             f"could not publish {name} to {mask_url(settings.broker_url)} ({reason}); "
             "fix: check APPLIANCE_BROKER_URL and that redis-server is running and writable"
         ) from None
     return task_id
+
+
+def _check_limits(settings: Settings, soft: float, hard: float, soft_origin: str) -> None:
+    """Refuse per-call limits the worker would not keep."""
+    if soft > hard:
+        # The prefork pool arms the hard timer only once the soft one has fired.
+        origin = f" ({soft_origin})" if soft_origin else ""
+        raise SubmitOptionError(
+            f"soft time limit {soft:g}s{origin} is above the hard time limit {hard:g}s, and "
+            "the worker starts the hard timer only when the soft one fires, so nothing would "
+            f"stop the task at {hard:g}s; fix: also give --soft-time-limit of at most {hard:g}"
+        )
+    if hard >= settings.visibility_timeout:
+        raise SubmitOptionError(
+            f"time limit {hard:g}s is not below APPLIANCE_VISIBILITY_TIMEOUT="
+            f"{settings.visibility_timeout}s, so Redis would hand the still-running task to "
+            "a second worker; fix: lower the time limit or raise APPLIANCE_VISIBILITY_TIMEOUT"
+        )
+
+
+def _check_delay(
+    settings: Settings, countdown: float | None, eta: datetime | None, hard: float
+) -> None:
+    """Refuse a delay Redis cannot keep: a worker holds a delayed message unacked until it
+    has run, and after the visibility timeout Redis delivers it again (celery #5306, #5935)."""
+    ahead, what = 0.0, "a delay of 0s"
+    if countdown is not None:
+        ahead, what = countdown, f"countdown {countdown:g}s"
+    if eta is not None:
+        eta_utc = eta if eta.tzinfo else eta.replace(tzinfo=UTC)
+        seconds = (eta_utc - datetime.now(UTC)).total_seconds()
+        if seconds > ahead:
+            ahead, what = seconds, f"ETA {eta_utc.isoformat()} ({seconds:.0f}s ahead)"
+    allowed = settings.visibility_timeout - hard
+    if ahead >= allowed:
+        raise SubmitOptionError(
+            f"{what} plus the hard time limit {hard:g}s is beyond APPLIANCE_VISIBILITY_TIMEOUT="
+            f"{settings.visibility_timeout}s, so Redis would deliver the task again and again "
+            f"(celery #5306, #5935); fix: stay under {allowed:g}s ahead (use beat for later "
+            "work) or raise APPLIANCE_VISIBILITY_TIMEOUT"
+        )
+
+
+def submit_workflow(workflow: Any) -> str:
+    """Publish a canvas (a chain, group or chord of signatures) whose members all share
+    one root id, and return that id.
+
+    The root id is the id of the task whose result is the workflow's result (a chain's
+    last task, a chord's callback), so :func:`wait` works on it; for a group it is the
+    group's id. `appliance tasks list --root ID` lists every member. Raises
+    UnknownTaskError (nothing queued) or BrokerUnavailableError (no PENDING record left;
+    members published before a broker failure halfway through stay queued).
+    """
+    from celery.canvas import maybe_signature
+
+    app = _app()
+    workflow = maybe_signature(workflow, app=app)
+    for name in set(_task_names(workflow)):
+        if name not in app.tasks:
+            raise _unknown_task(name)
+    # Celery gives each member of a group or chord sent by a client its own root id;
+    # freezing first tells us the result's id, which all members then share.
+    root_id = str(workflow.freeze().id)
+    try:
+        workflow.apply_async(root_id=root_id)
+    except Exception as exc:
+        _forget_workflow(root_id)
+        settings = get_settings()
+        raise BrokerUnavailableError(
+            f"could not publish the workflow {root_id} to {mask_url(settings.broker_url)} "
+            f"({_first_line(exc)}); fix: check APPLIANCE_BROKER_URL and that redis-server is "
+            "running and writable"
+        ) from None
+    return root_id
+
+
+def _task_names(sig: Any) -> Iterator[str]:
+    """Every task name in a canvas: members, chord callbacks and linked callbacks."""
+    from celery.canvas import maybe_signature
+    from celery.utils.functional import maybe_list
+
+    members = list(getattr(sig, "tasks", None) or [])
+    body = getattr(sig, "body", None)
+    if body is not None:
+        members.append(body)
+    if not members:
+        yield sig["task"]
+    for option in ("link", "link_error"):
+        members += maybe_list(sig.options.get(option)) or []
+    for member in members:
+        yield from _task_names(maybe_signature(member))
+
+
+def _forget_workflow(root_id: str) -> None:
+    url = _records_url()
+    if url is None:
+        return
+    from appliance.records import store
+
+    with contextlib.suppress(Exception):
+        for record in store.list_records(url, root_id=root_id, status="PENDING", limit=10_000):
+            store.delete_record(url, record["id"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _forget(task_id: str) -> None:

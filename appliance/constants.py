@@ -102,3 +102,28 @@ BEAT_TICK_KEY = KEY_PREFIX + "beat:tick"  # JSON: leader, last tick, next due en
 BEAT_LAST_RUN_KEY = KEY_PREFIX + "beat:last-run"  # hash: entry name -> last run (epoch s)
 DEFAULT_BEAT_LEASE_TTL = 30
 BEAT_MAX_LOOP_INTERVAL = 5
+
+# Recycling (helper)
+# A child's task limit is drawn in [N - 10 %, N + 10 %], so that children started
+# together are not all replaced together.
+RECYCLE_TASK_JITTER = 0.1
+# Above its RSS limit a child re-reads its unique memory (a 1-2 ms page-table walk) at
+# most this often, unless RSS grew past the headroom left at the last reading.
+USS_RECHECK_SECONDS = 1.0
+# After its last task a child waits until the main process has counted its result,
+# polling this often (billiard polls every 100 ms while the slot sits idle), at most
+# CHILD_EXIT_WAIT_SECONDS.
+CHILD_EXIT_POLL_SECONDS = 0.001
+CHILD_EXIT_WAIT_SECONDS = 30.0
+# A child's exit pipe closes a moment before the child can be reaped: retry the reaping
+# after this delay, doubling up to the maximum (Celery's 5 s timer is the backstop).
+REAP_RETRY_FIRST_SECONDS = 0.001
+REAP_RETRY_MAX_SECONDS = 0.5
+
+# Idempotent tasks (appliance/idempotency.py): one key per task name and idempotency key,
+# holding "running" while the body runs and then its result, so a duplicate delivery gets
+# that result instead of running the body again. Kept as long as results (a day).
+IDEMPOTENCY_KEY_PREFIX = KEY_PREFIX + "idem:"
+IDEMPOTENCY_TTL_SECONDS = RESULT_EXPIRES_SECONDS
+# A duplicate that finds the first delivery still running retries after this many seconds.
+IDEMPOTENCY_BUSY_RETRY_SECONDS = 5

@@ -57,3 +57,11 @@ class WaitTimeoutError(ApplianceError):
     """Raised by a waiting submit when the task did not finish in time."""
 
     exit_code = exitcodes.TIMEOUT
+
+
+class SubmitOptionError(ApplianceError):
+    """Raised when submit options cannot work as asked: an ETA or a time limit beyond the
+    visibility timeout (Redis would deliver the task again and again), or a soft time
+    limit above the hard one. Nothing is queued."""
+
+    exit_code = exitcodes.USAGE

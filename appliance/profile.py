@@ -93,6 +93,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_exchange": settings.default_queue,
         "task_default_routing_key": settings.default_queue,
         "task_create_missing_queues": False,
+        # A chord's error callback also hears of the header member that failed (with its
+        # own error), not only of the callback's ChordError; Celery's announced default.
+        "task_allow_error_cb_on_chord_header": True,
         "task_routes": (_Router(settings),),
         # No task events: nothing here consumes them, and each costs a publish.
         "worker_send_task_events": False,

@@ -61,6 +61,18 @@ def _eta(ctx: click.Context, param: click.Parameter, value: str | None) -> datet
     "--priority", type=click.IntRange(0, 9), help="0 (highest) to 9 (lowest), Redis semantics."
 )
 @click.option(
+    "--soft-time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Raise SoftTimeLimitExceeded in the task after S seconds (this call only).",
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Kill the child running the task after S seconds (this call only).",
+)
+@click.option(
     "--wait",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
@@ -77,13 +89,16 @@ def submit(
     countdown: float | None,
     eta: datetime | None,
     priority: int | None,
+    soft_time_limit: float | None,
+    time_limit: float | None,
     wait: float | None,
     as_json: bool,
 ) -> None:
     """Submit task NAME; print its id (or, with --wait, its result as JSON).
 
     Exit codes: 65 unknown task, 69 broker unavailable, 1 the task failed, 75 the wait
-    timed out, 2 bad arguments. On any of these nothing stays queued.
+    timed out, 2 bad arguments (including an ETA or time limit beyond
+    APPLIANCE_VISIBILITY_TIMEOUT). On 65, 69 and 2 nothing is queued.
     """
     from appliance import api
 
@@ -96,6 +111,8 @@ def submit(
         countdown=countdown,
         eta=eta,
         priority=priority,
+        soft_time_limit=soft_time_limit,
+        time_limit=time_limit,
     )
     if wait is None:
         if as_json:

@@ -64,3 +64,9 @@ def test_nightly_cleanup_is_scheduled_at_two(config: dict) -> None:
     entry = config["beat_schedule"]["appliance-cleanup-records"]
     assert entry["task"] == "appliance.cleanup_records"
     assert entry["schedule"].hour == {2} and entry["schedule"].minute == {0}
+
+
+def test_chords_work_and_report_failed_members(config: dict) -> None:
+    # Chords need a result backend whose results outlive the header (never 0: #5237).
+    assert config["result_backend"].startswith("redis://") and config["result_expires"] > 0
+    assert config["task_allow_error_cb_on_chord_header"] is True

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from appliance.records import store
 from tests.helpers.load import publish_batch
-from tests.helpers.processes import ApplianceProcess, wait_until
+from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
 from tests.helpers.redis_server import RedisServer, local_redis_server
 
 LOAD = 200
@@ -134,3 +135,47 @@ def test_redis_restart_with_aof_during_load_loses_nothing_and_the_worker_resumes
         finally:
             worker.terminate()
     assert [t for t, s in _statuses(url, ids).items() if s != "SUCCESS"] == []  # lost = 0
+
+
+def test_redis_at_maxmemory_refuses_submits_clearly_and_health_warned_first(
+    api_env: dict[str, str], tmp_path: Path
+) -> None:
+    with local_redis_server(tmp_path / "redis", "--maxmemory-policy", "noeviction") as (server, _):
+        env = dict(
+            api_env,
+            APPLIANCE_BROKER_URL=server.broker_url,
+            APPLIANCE_RESULT_BACKEND=server.backend_url,
+        )
+        client = server.client()
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", str(used + 2 * 1024 * 1024))
+        ballast = b"x" * 64 * 1024
+        filled = 0
+        # Fill towards the limit; health must turn WARNING/CRITICAL before writes fail.
+        statuses = []
+        while True:
+            try:
+                client.set(f"ballast:{filled}", ballast)
+            except redis.exceptions.ResponseError as exc:
+                assert "maxmemory" in str(exc)
+                break
+            filled += 1
+            if filled % 8 == 0:
+                statuses.append(health_memory_status(env))
+        assert {"WARNING", "CRITICAL"} & set(statuses), statuses
+        refused = run_cli(env, "submit", "demo.add", "--args", "[1, 2]")
+        assert refused.returncode == 69
+        assert len(refused.stderr.strip().splitlines()) == 1 and "maxmemory" in refused.stderr
+        assert store.list_records(env["APPLIANCE_DATABASE_URL"]) == []  # no PENDING left behind
+        assert client.llen("default") == 0
+        # Memory freed: accepted again.
+        client.config_set("maxmemory", str(256 * 1024 * 1024))
+        accepted = run_cli(env, "submit", "demo.add", "--args", "[1, 2]")
+        assert accepted.returncode == 0 and client.llen("default") == 1
+
+
+def health_memory_status(env: dict[str, str]) -> str:
+    import json
+
+    result = run_cli(env, "health", "--json")
+    return next(c["status"] for c in json.loads(result.stdout)["checks"] if c["name"] == "memory")

@@ -115,8 +115,8 @@ USS_RECHECK_SECONDS = 1.0
 # CHILD_EXIT_WAIT_SECONDS.
 CHILD_EXIT_POLL_SECONDS = 0.001
 CHILD_EXIT_WAIT_SECONDS = 30.0
-# A child's exit pipe closes a moment before the child can be reaped: retry the reaping
-# after this delay, doubling up to the maximum (Celery's 5 s timer is the backstop).
+# Without pidfds a child's exit is seen through a pipe that closes a moment before the
+# child can be reaped: retry the reaping after this delay, doubling up to the maximum.
 REAP_RETRY_FIRST_SECONDS = 0.001
 REAP_RETRY_MAX_SECONDS = 0.5
 

@@ -72,6 +72,22 @@ def worker_argv(settings: Settings, options: WorkerOptions) -> list[str]:
         argv += ["--max-tasks-per-child", str(max_tasks)]
     if max_memory:
         argv += ["--max-memory-per-child", str(max_memory)]
+    # Our pool: cheap recycling, judged by a child's unique memory (appliance/pool.py).
+    from appliance.pool import select_pool
+
+    argv += select_pool()
+    # Celery reads a 0 flag as "not given" and falls back to the profile, which holds the
+    # setting; a flag's 0 ("never") must override it as configuration, after "--", last.
+    never = [
+        f"worker_{name}=(json)null"
+        for name, flag, setting in (
+            ("max_tasks_per_child", options.max_tasks_per_child, settings.max_tasks_per_child),
+            ("max_memory_per_child", options.max_memory_per_child, settings.max_memory_per_child),
+        )
+        if flag == 0 and setting
+    ]
+    if never:
+        argv += ["--", *never]
     return argv
 
 

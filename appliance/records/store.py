@@ -92,11 +92,16 @@ def record_published(
 
 
 def _update_or_insert(
-    url: str, task_id: str, values: dict[str, Any], insert_defaults: dict[str, Any]
+    url: str,
+    task_id: str,
+    values: dict[str, Any],
+    insert_defaults: dict[str, Any],
+    *conditions: Any,
 ) -> None:
     values = {**values, "updated_at": now()}
     with session_scope(url) as session:
-        result = session.execute(update(TaskRecord).where(TaskRecord.id == task_id).values(values))
+        query = update(TaskRecord).where(TaskRecord.id == task_id, *conditions).values(values)
+        result = session.execute(query)
         if getattr(result, "rowcount", 1) == 0:
             # Published by a producer that does not write records (e.g. plain Celery).
             _insert_ignore(
@@ -186,9 +191,17 @@ def record_failed(url: str, *, task_id: str, name: str, error: str, traceback: s
 
 
 def record_retry(url: str, *, task_id: str, name: str, error: str, retries: int) -> None:
-    """Mark a task RETRY: the count of retries so far and the error that caused this one."""
+    """Mark a task RETRY: the count of retries so far and the error that caused this one.
+
+    The retry message is published before this is written, so the next attempt may
+    already have finished on another child: a final state is never overwritten.
+    """
     _update_or_insert(
-        url, task_id, {"status": "RETRY", "error": error, "retries": retries}, {"name": name}
+        url,
+        task_id,
+        {"status": "RETRY", "error": error, "retries": retries},
+        {"name": name},
+        TaskRecord.status.notin_(TERMINAL_STATES),
     )
 
 

@@ -154,3 +154,25 @@ def test_missing_schema_and_unreachable_database_are_one_line_errors(tmp_path: P
     bad = "sqlite:////proc/no/such/dir/x.db"
     with pytest.raises(DatabaseUnavailableError, match="unreachable"), translate_errors(bad):
         store.ping(bad)
+
+
+def test_a_late_retry_write_never_overwrites_the_next_attempts_final_state(db_url: str) -> None:
+    # The retry message is published before the RETRY record is written, so the next
+    # attempt can finish first (seen with two pool children).
+    store.record_published(db_url, task_id="r1", name="demo.flaky", args=[], kwargs={}, queue="q")
+    store.record_started(
+        db_url,
+        task_id="r1",
+        name="demo.flaky",
+        args=[],
+        kwargs={},
+        queue="q",
+        worker="w",
+        retries=2,
+    )
+    store.record_succeeded(db_url, task_id="r1", name="demo.flaky", result={"attempts": 3})
+    store.record_retry(
+        db_url, task_id="r1", name="demo.flaky", error="ConnectionError: x", retries=2
+    )
+    record = store.get_record(db_url, "r1")
+    assert record is not None and (record["status"], record["retries"]) == ("SUCCESS", 2)

@@ -1,8 +1,10 @@
 """Redis tuned for a broker: never evict, persist every second, size memory with headroom.
 
-maxmemory formula: 40 % of the host's RAM (at least 64 MiB). An AOF rewrite or RDB save
-forks Redis, and copy-on-write can, at worst, double its memory while the child runs;
-40 % leaves that doubling plus the rest of the host (workers, database) room.
+maxmemory formula (the same as scripts/install.sh): 25 % of the host's RAM, at least
+256 MiB and at most 8 GiB. An AOF rewrite or RDB save forks Redis, and copy-on-write can,
+at worst, double its memory while the child runs; 25 % leaves that doubling plus the
+workers and the database on the same host room. More than 8 GiB of queued messages is
+an incident to page on, not a size to plan for.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 BROKER_POLICY = "noeviction"
-MAXMEMORY_FRACTION = 0.4
-MIN_MAXMEMORY = 64 * 1024 * 1024
+MAXMEMORY_FRACTION = 0.25
+MIN_MAXMEMORY = 256 * 1024 * 1024
+MAX_MAXMEMORY = 8 * 1024**3
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|k|mb|m|gb|g)?\s*$", re.IGNORECASE)
 _UNITS = {
     None: 1,
@@ -60,7 +63,7 @@ def host_memory_bytes() -> int:
 
 def recommended_maxmemory(total: int | None = None) -> int:
     total = host_memory_bytes() if total is None else total
-    return max(MIN_MAXMEMORY, int(total * MAXMEMORY_FRACTION))
+    return min(MAX_MAXMEMORY, max(MIN_MAXMEMORY, int(total * MAXMEMORY_FRACTION)))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.redis_tuning import (
+    MAX_MAXMEMORY,
     MIN_MAXMEMORY,
     Plan,
     UnsafePolicyError,
@@ -38,8 +39,9 @@ def test_every_evicting_policy_is_refused_with_the_reason(policy: str) -> None:
 
 
 def test_maxmemory_leaves_headroom_for_a_fork() -> None:
-    assert recommended_maxmemory(16 * 1024**3) == int(16 * 1024**3 * 0.4)
+    assert recommended_maxmemory(16 * 1024**3) == 4 * 1024**3
     assert recommended_maxmemory(10 * 1024**2) == MIN_MAXMEMORY
+    assert recommended_maxmemory(256 * 1024**3) == MAX_MAXMEMORY
 
 
 def test_plan_is_noeviction_with_aof_every_second() -> None:

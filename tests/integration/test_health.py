@@ -286,3 +286,24 @@ def test_beat_running_makes_the_beat_check_ok(
         assert health(env)[0] == 0
     finally:
         beat.terminate(timeout=60)
+
+
+def test_database_down_is_critical_with_db(health_env: dict[str, str]) -> None:
+    from tests.helpers.processes import free_port
+
+    env = dict(health_env, APPLIANCE_DATABASE_URL=f"postgresql://u:pw@127.0.0.1:{free_port()}/x")
+    code, checks = health_json(env, "--db")
+    assert code == 2
+    assert checks["database"]["status"] == "CRITICAL"
+    assert (
+        "unreachable" in checks["database"]["message"]
+        and ":pw@" not in checks["database"]["message"]
+    )
+
+
+def test_database_schema_behind_is_critical_with_db(
+    health_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(health_env, APPLIANCE_DATABASE_URL=f"sqlite:///{tmp_path}/empty.db")
+    code, checks = health_json(env, "--db")
+    assert code == 2 and "appliance db upgrade" in checks["database"]["message"]

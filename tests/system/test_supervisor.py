@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.embedded import SUPERVISORD_HEADER
 from appliance.settings import load_settings
 from appliance.supervisor_conf import render
 from tests.helpers.processes import run_cli, wait_until
@@ -30,22 +31,6 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 WORKER = "appliance:appliance-worker-default"
 BEAT = "appliance:appliance-beat"
-
-_HEADER = """\
-[supervisord]
-nodaemon=true
-logfile={dir}/supervisord.log
-pidfile={dir}/supervisord.pid
-childlogdir={dir}
-[unix_http_server]
-file={dir}/supervisor.sock
-chmod=0700
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-[supervisorctl]
-serverurl=unix://{dir}/supervisor.sock
-
-"""
 
 
 @dataclass
@@ -117,7 +102,7 @@ def supervisord(
     assert run_cli(env, "db", "upgrade").returncode == 0
     conf = tmp_path / "supervisord.conf"
     conf.write_text(
-        _HEADER.format(dir=tmp_path)
+        SUPERVISORD_HEADER.format(dir=tmp_path)
         + render(
             settings,
             bin_command=f"{sys.executable} -m appliance",

@@ -38,11 +38,6 @@ def _app() -> Any:
     return load_tasks()
 
 
-def _records_url() -> str | None:
-    settings = get_settings()
-    return settings.effective_database_url if settings.records_enabled else None
-
-
 def _unknown_task(name: str) -> UnknownTaskError:
     return UnknownTaskError(
         f"unknown task {name!r}; fix: check the name (`appliance tasks names` lists them) "
@@ -213,7 +208,7 @@ def _task_names(sig: Any) -> Iterator[str]:
 
 
 def _forget_workflow(root_id: str) -> None:
-    url = _records_url()
+    url = get_settings().records_url
     if url is None:
         return
     from appliance.records import store
@@ -229,7 +224,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _forget(task_id: str) -> None:
-    url = _records_url()
+    url = get_settings().records_url
     if url is None:
         return
     from appliance.records import store
@@ -277,7 +272,7 @@ def _describe(value: Any) -> str:
 
 
 def _settle_record(task_id: str, seconds: float) -> None:
-    url = _records_url()
+    url = get_settings().records_url
     if url is None:
         return
     from appliance.records import store

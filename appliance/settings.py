@@ -221,6 +221,11 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.state_dir / C.SQLITE_FILE}"
 
     @property
+    def records_url(self) -> str | None:
+        """Where task records are written, or None when records are switched off."""
+        return self.effective_database_url if self.records_enabled else None
+
+    @property
     def stop_timeout(self) -> int:
         """Seconds a stop may take: the longest hard time limit plus a margin."""
         return self.task_time_limit + C.STOP_TIMEOUT_MARGIN_SECONDS

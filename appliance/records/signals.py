@@ -25,16 +25,11 @@ write_errors = 0
 last_write_error: str | None = None
 
 
-def _records_url() -> str | None:
-    settings = get_settings()
-    return settings.effective_database_url if settings.records_enabled else None
-
-
 def guarded(handler: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         global write_errors, last_write_error
-        url = _records_url()
+        url = get_settings().records_url
         if url is None:
             return
         try:

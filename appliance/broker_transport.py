@@ -37,10 +37,12 @@ class _GarbageTolerant:
     """Mixin for kombu's Redis channels."""
 
     def _dead_letter(self, item: bytes, queue: str) -> None:
+        from appliance import deadletter
         from appliance.consumer import keep
 
+        reason = "not a kombu JSON message (garbage on the queue list)"
         with self.conn_or_acquire() as client:
-            keep(client, item, "not a kombu JSON message (garbage on the queue list)", queue)
+            keep(client, deadletter.make(item, reason, queue))
 
     def _brpop_read(self, **options: Any) -> bool:
         try:

@@ -13,23 +13,19 @@ from appliance import deadletter
 logger = logging.getLogger("appliance.deadletter")
 
 
-def keep(
-    client: Any,
-    raw: bytes,
-    reason: str,
-    queue: str | None,
-    task_id: str | None = None,
-    task_name: str | None = None,
-    requeueable: bool = False,
-) -> None:
+def keep(client: Any, letter: deadletter.DeadLetter) -> None:
     """Store a dead letter and, with a task id, a FAILURE record; never raise."""
-    letter = deadletter.make(raw, reason, queue, task_id, task_name, requeueable)
+    task_id, task_name, reason = letter.task_id, letter.task_name, letter.reason
     try:
         deadletter.store(client, letter)
-        logger.error("dead-lettered %s (%s): %s", letter.id, queue, reason)
+        logger.error("dead-lettered %s (%s): %s", letter.id, letter.queue, reason)
     except Exception as exc:
         logger.critical(
-            "could not store dead letter %s (%s): %s; raw: %r", letter.id, reason, exc, raw[:2000]
+            "could not store dead letter %s (%s): %s; raw: %r",
+            letter.id,
+            reason,
+            exc,
+            letter.raw[:2000],
         )
     if task_id:
         from appliance.records import signals as record_signals
@@ -72,7 +68,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         except Exception as exc:
             logger.critical("no Redis client for the dead letter (%s); raw: %r", exc, raw[:2000])
             return
-        keep(client, raw, reason, queue, task_id, name, requeueable=well_formed)
+        keep(client, deadletter.make(raw, reason, queue, task_id, name, requeueable=well_formed))
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> Any:
         _id, name = _ids(message)

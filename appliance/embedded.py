@@ -64,6 +64,22 @@ class AlreadyRunningError(ApplianceError):
     """Raised when `appliance up` already runs on this state dir."""
 
 
+def write_supervisord_conf(settings: Settings, directory: Path) -> Path:
+    """A foreground supervisord config in *directory* running this appliance as this user:
+    the deploy/supervisor programs, logs in *directory*/logs."""
+    conf = directory / "supervisord.conf"
+    conf.write_text(
+        SUPERVISORD_HEADER.format(dir=directory)
+        + render(
+            settings,
+            bin_command=f"{sys.executable} -m appliance",
+            user=pwd.getpwuid(os.getuid()).pw_name,
+            log_dir=directory / "logs",
+        )
+    )
+    return conf
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -157,16 +173,7 @@ def run_up(settings: Settings, *, announce: Callable[[str], None] = print) -> in
         from appliance.runtime import prepare_database
 
         prepare_database(run_settings)
-        supervisord_conf = edir / "supervisord.conf"
-        supervisord_conf.write_text(
-            SUPERVISORD_HEADER.format(dir=edir)
-            + render(
-                run_settings,
-                bin_command=f"{sys.executable} -m appliance",
-                user=pwd.getpwuid(os.getuid()).pw_name,
-                log_dir=edir / "logs",
-            )
-        )
+        supervisord_conf = write_supervisord_conf(run_settings, edir)
         supervisord = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(supervisord_conf)],
             env=env,

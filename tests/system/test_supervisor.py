@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -21,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.embedded import SUPERVISORD_HEADER
+from appliance.embedded import write_supervisord_conf
 from appliance.settings import load_settings
-from appliance.supervisor_conf import render
 from tests.helpers.processes import run_cli, wait_until
 from tests.helpers.redis_server import RedisServer, local_redis_server
 
@@ -100,16 +98,7 @@ def supervisord(
     logs.mkdir()
     (tmp_path / "state").mkdir()
     assert run_cli(env, "db", "upgrade").returncode == 0
-    conf = tmp_path / "supervisord.conf"
-    conf.write_text(
-        SUPERVISORD_HEADER.format(dir=tmp_path)
-        + render(
-            settings,
-            bin_command=f"{sys.executable} -m appliance",
-            user=_current_user(),
-            log_dir=logs,
-        )
-    )
+    conf = write_supervisord_conf(settings, tmp_path)
     log = (tmp_path / "supervisord.out").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
@@ -136,10 +125,6 @@ def supervisord(
                 os.killpg(proc.pid, signal.SIGKILL)  # nothing of the group may survive
             proc.wait()
             log.close()
-
-
-def _current_user() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def test_worker_and_beat_run_and_a_task_completes(supervisord: Supervisord) -> None:

@@ -40,6 +40,17 @@ def _done(url: str, ids: list[str]) -> Callable[[], bool]:
     return lambda: all(s == "SUCCESS" for s in _statuses(url, ids).values())
 
 
+def _load_until_a_quarter_is_done(env: dict[str, str], url: str) -> list[str]:
+    """Publish the load, then wait until the fault lands mid-load: a quarter is SUCCESS."""
+    ids = publish_batch(env, LOAD, seconds=0.05)
+    wait_until(
+        lambda: list(_statuses(url, ids).values()).count("SUCCESS") >= LOAD // 4,
+        60,
+        "a quarter done",
+    )
+    return ids
+
+
 def _duplicates(server: RedisServer, ids: list[str]) -> int:
     counts = server.client().hgetall("appliance-test:tally")
     return sum(int(v) - 1 for v in counts.values())
@@ -56,12 +67,7 @@ def test_worker_sigkill_mid_load_then_restart_loses_nothing(
     url = env["APPLIANCE_DATABASE_URL"]
     worker = ApplianceProcess(["worker", "-c", "2"], env, tmp_path / "worker-1.log")
     worker.wait_for_output(" ready.")
-    ids = publish_batch(env, LOAD, seconds=0.05)
-    wait_until(
-        lambda: list(_statuses(url, ids).values()).count("SUCCESS") >= LOAD // 4,
-        60,
-        "a quarter done",
-    )
+    ids = _load_until_a_quarter_is_done(env, url)
     worker.proc.send_signal(signal.SIGKILL)  # the main process dies mid-load...
     worker.kill()  # ...and, as systemd would, nothing of its cgroup survives
     killed_at = time.monotonic()
@@ -104,12 +110,7 @@ def test_redis_restart_with_aof_during_load_loses_nothing_and_the_worker_resumes
         worker = ApplianceProcess(["worker", "-c", "2"], env, tmp_path / "worker.log")
         try:
             worker.wait_for_output(" ready.")
-            ids = publish_batch(env, LOAD, seconds=0.05)
-            wait_until(
-                lambda: list(_statuses(url, ids).values()).count("SUCCESS") >= LOAD // 4,
-                60,
-                "a quarter done",
-            )
+            ids = _load_until_a_quarter_is_done(env, url)
             # A graceful Redis restart (SHUTDOWN writes the AOF), same port, same data dir.
             args = list(proc.args)  # type: ignore[arg-type]
             proc.terminate()

@@ -35,8 +35,11 @@ def needs_file(path: str) -> str:
 def tally(self: Any, seconds: float = 0.02) -> int:
     """Count this execution in a Redis hash keyed by task id (duplicates show as > 1).
 
-    The count itself needs Redis, so while Redis restarts the task retries.
+    The count itself needs Redis, so while Redis restarts the task retries. The hash lives
+    on APPLIANCE_TEST_LEDGER_URL when set (a second redis-server, outside the fault under
+    test), else on the broker.
     """
     time.sleep(seconds)
-    client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
+    url = os.environ.get("APPLIANCE_TEST_LEDGER_URL") or get_settings().broker_url
+    client = redis.Redis.from_url(url, socket_timeout=5)
     return int(client.hincrby("appliance-test:tally", self.request.id, 1))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance import constants as C
 from appliance import exitcodes
 from appliance.errors import (
     ApplianceError,
@@ -104,16 +106,64 @@ def submit(
     if time_limit is not None:
         options["time_limit"] = time_limit
     try:
-        app.send_task(name, args=list(args), kwargs=dict(kwargs or {}), **options)
+        _publish(app, name, list(args), dict(kwargs or {}), options)
+    except _NoAnswerError:
+        if not republish:
+            _forget(task_id)
+        raise BrokerUnavailableError(
+            f"Redis at {mask_url(settings.broker_url)} did not answer within "
+            f"{C.PUBLISH_SOCKET_TIMEOUT:g}s, so task {task_id} ({name}) is not accepted, but "
+            "Redis may still queue it if it was only paused or overloaded; fix: check that "
+            f"redis-server is running and responsive, and `appliance tasks show {task_id}` "
+            "before submitting it again"
+        ) from None
     except Exception as exc:
         if not republish:  # a record that existed before stays
             _forget(task_id)
         reason = _first_line(exc)
         raise BrokerUnavailableError(
             f"could not publish {name} to {mask_url(settings.broker_url)} ({reason}); "
-            "fix: check APPLIANCE_BROKER_URL and that redis-server is running and writable"
+            f"fix: {_publish_fix(reason)}"
         ) from None
     return task_id
+
+
+class _NoAnswerError(Exception):
+    """Redis took the command but did not answer in time: it may still execute it."""
+
+
+def _give_up_on_timeout(exc: BaseException, interval: float) -> None:
+    """kombu's errback between publish attempts: retry a refused or reset connection,
+    never a timeout. A timed-out LPUSH may sit unread in the socket of a paused or
+    overloaded Redis and run later; each retry would queue one more copy."""
+    import redis
+
+    if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+        raise _NoAnswerError(str(exc))
+
+
+# Publishing connections per (process, broker URL): reads give up after
+# PUBLISH_SOCKET_TIMEOUT, not the worker's REDIS_SOCKET_TIMEOUT.
+_publish_pools: dict[tuple[int, str], Any] = {}
+
+
+def _publish(
+    app: Any, name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
+) -> None:
+    key = (os.getpid(), str(app.conf.broker_url))
+    pool = _publish_pools.get(key)
+    if pool is None:
+        timeouts = {"socket_timeout": C.PUBLISH_SOCKET_TIMEOUT}
+        connection = app.connection_for_write(transport_options=timeouts)
+        pool = _publish_pools.setdefault(key, connection.Pool(limit=app.conf.broker_pool_limit))
+    policy = dict(app.conf.task_publish_retry_policy, errback=_give_up_on_timeout)
+    from appliance.result_backend import no_subscription
+
+    # No result subscription at publish: `wait` subscribes when it is called.
+    with pool.acquire(block=True) as connection, no_subscription():
+        app.send_task(
+            name, args=args, kwargs=kwargs, connection=connection, retry_policy=policy, **options
+        )
 
 
 def _check_limits(settings: Settings, soft: float, hard: float, soft_origin: str) -> None:
@@ -182,10 +232,10 @@ def submit_workflow(workflow: Any) -> str:
     except Exception as exc:
         _forget_workflow(root_id)
         settings = get_settings()
+        reason = _first_line(exc)
         raise BrokerUnavailableError(
             f"could not publish the workflow {root_id} to {mask_url(settings.broker_url)} "
-            f"({_first_line(exc)}); fix: check APPLIANCE_BROKER_URL and that redis-server is "
-            "running and writable"
+            f"({reason}); fix: {_publish_fix(reason)}"
         ) from None
     return root_id
 
@@ -216,6 +266,18 @@ def _forget_workflow(root_id: str) -> None:
     with contextlib.suppress(Exception):
         for record in store.list_records(url, root_id=root_id, status="PENDING", limit=10_000):
             store.delete_record(url, record["id"])
+
+
+def _publish_fix(reason: str) -> str:
+    """The fix for a refused publish, from Redis's reason."""
+    if "MISCONF" in reason:
+        # Redis could not write its AOF/RDB file (disk full or failing) and refuses writes.
+        return (
+            "Redis cannot write its persistence file to disk (disk full or failing) and "
+            "refuses writes until it can: free space on the disk of Redis's `dir` (its log "
+            "names the error); it accepts writes again by itself"
+        )
+    return "check APPLIANCE_BROKER_URL and that redis-server is running and writable"
 
 
 def _first_line(exc: BaseException) -> str:

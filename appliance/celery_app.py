@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from appliance import broker_transport
+from appliance import broker_transport, result_backend
 from appliance.profile import celery_config
 from appliance.records import signals as record_signals
 from appliance.settings import get_settings
@@ -21,6 +21,7 @@ def _config() -> dict[str, Any]:
 
 
 broker_transport.install()
+result_backend.install()
 app = Celery("appliance", task_cls="appliance.task_base:ApplianceTask")
 app.add_defaults(_config)
 record_signals.connect()

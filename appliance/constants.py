@@ -52,6 +52,10 @@ REDIS_HEALTH_CHECK_INTERVAL = 10
 # A publisher gives up after about this many seconds and says the broker is down,
 # instead of retrying forever (stock Celery retries 3 times with up to 1 s pauses).
 PUBLISH_MAX_RETRIES = 3
+# A publisher (`appliance submit`, appliance.submit) waits this long for Redis to answer,
+# once: a Redis that accepts connections but does not answer (paused, swapping, stuck)
+# fails the submit in about this time instead of four worker-sized socket timeouts.
+PUBLISH_SOCKET_TIMEOUT = 2.0
 
 # A record write waits at most this long for a locked SQLite file or a slow
 # PostgreSQL before it is counted as failed; the task itself goes on regardless.

@@ -49,8 +49,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Reserve one message per process: prefetched messages wait behind long tasks.
         "worker_prefetch_multiplier": 1,
-        # STARTED is visible in the result backend, not only in the records.
-        "task_track_started": True,
+        # The records show STARTED (with worker and time); storing it in the result backend
+        # too would cost two Redis round trips per task. Without records, the backend has it.
+        "task_track_started": not settings.records_enabled,
         # Results are for waiting clients; the records keep them. Bounded, never 0 (celery #5237).
         "result_expires": C.RESULT_EXPIRES_SECONDS,
         "task_soft_time_limit": settings.task_soft_time_limit,
@@ -104,6 +105,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "appliance-cleanup-records": {
                 "task": "appliance.cleanup_records",
                 "schedule": crontab(hour=C.CLEANUP_HOUR_UTC, minute=0),
+            },
+            # Re-publish tasks whose record is PENDING but whose message Redis lost
+            # (appliance/reconcile.py: SCHEDULE_SECONDS); a run not started within its
+            # interval expires, so a backlog does not pile up reconciler runs.
+            "appliance-reconcile": {
+                "task": "appliance.reconcile",
+                "schedule": 60.0,
+                "options": {"expires": 60.0},
             },
         },
         "worker_hijack_root_logger": True,

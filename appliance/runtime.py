@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.errors import ConfigError, DatabaseUnavailableError
 from appliance.settings import Settings
@@ -64,6 +65,11 @@ def worker_argv(settings: Settings, options: WorkerOptions) -> list[str]:
         # Our own heartbeats replace Celery's event heartbeats and gossip.
         "--without-gossip",
         "--without-heartbeat",
+        # Mingle asks the other workers for their revokes at every start and reconnect and
+        # waits 1 s for answers; revokes are kept in Redis and loaded at start instead
+        # (operations.py), and under repeated connection kills the wait starved the
+        # consumer (fault row 8).
+        "--without-mingle",
     ]
     concurrency = options.concurrency or settings.concurrency
     if concurrency:
@@ -152,7 +158,27 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     )
     app = load_tasks()
     worker_step.install(app)
-    return int(app.start(argv=argv) or 0)
+    return start_celery(app, argv)
+
+
+def start_celery(app: Any, argv: list[str]) -> int:
+    """Run Celery's command line on *app*; return the command's exit code.
+
+    Celery's own `app.start` drops it (it returns only a click `Exit` raised past
+    `main`), so a worker that stops on an unrecoverable error would exit 0 and neither
+    systemd (Restart=on-failure) nor supervisord would restart it.
+    """
+    from celery.bin.celery import celery
+    from click.exceptions import Exit
+
+    celery.params[0].default = app
+    try:
+        code = celery.main(args=argv, standalone_mode=False)
+    except Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery.params[0].default = None
+    return int(code or 0)
 
 
 def beat_argv(settings: Settings, loglevel: str | None = None) -> list[str]:
@@ -182,5 +208,4 @@ def run_beat(settings: Settings, loglevel: str | None = None) -> int:
     prepare_database(settings)
     from appliance.celery_app import load_tasks
 
-    app = load_tasks()
-    return int(app.start(argv=beat_argv(settings, loglevel)) or 0)
+    return start_celery(load_tasks(), beat_argv(settings, loglevel))

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(C.DEFAULT_VISIBILITY_TIMEOUT, gt=0)
     max_tasks_per_child: int = Field(C.DEFAULT_MAX_TASKS_PER_CHILD, ge=0)
     max_memory_per_child: int = Field(C.DEFAULT_MAX_MEMORY_PER_CHILD_KIB, ge=0)
+    # Times a task may lose its pool child (SIGKILL, sys.exit...) and be requeued before
+    # it is dead-lettered instead (appliance/worker_lost.py); 0 = requeue forever.
+    max_worker_lost: int = Field(3, ge=0)
     record_retention_days: int = Field(C.DEFAULT_RECORD_RETENTION_DAYS, gt=0)
     timezone: str = "UTC"
     concurrency: int | None = Field(None, gt=0)
@@ -100,6 +103,9 @@ class Settings(BaseSettings):
     records_enabled: bool = True
     db_auto_upgrade: bool = True
     beat_lease_ttl: int = Field(C.DEFAULT_BEAT_LEASE_TTL, gt=0)
+    # Seconds a record must have been PENDING before the reconciler looks for its message
+    # (appliance/reconcile.py); well above the time a publish takes.
+    reconcile_min_age: int = Field(300, gt=0)
 
     @field_validator("task_modules", "queues", mode="before")
     @classmethod

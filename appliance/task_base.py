@@ -6,6 +6,7 @@ from celery import Task
 
 
 class ApplianceTask(Task):  # type: ignore[misc]
-    """Celery's Task whose worker-side requests count their outcomes (heartbeats, STATUS)."""
+    """Celery's Task whose worker-side requests count their outcomes (heartbeats, STATUS)
+    and stop redelivering a task that keeps losing its pool child (dead letter)."""
 
-    Request = "appliance.worker_stats:CountingRequest"
+    Request = "appliance.worker_lost:Request"

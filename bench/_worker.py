@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from appliance.celery_app import load_tasks
-from appliance.runtime import WorkerOptions, worker_argv
+from appliance.runtime import WorkerOptions, start_celery, worker_argv
 from appliance.settings import get_settings
 
 
@@ -18,7 +18,7 @@ def main() -> int:
     if "--stock" in sys.argv[1:]:
         at = argv.index("--pool")
         del argv[at : at + 2]
-    return int(load_tasks().start(argv=argv) or 0)
+    return start_celery(load_tasks(), argv)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,29 @@ def purge(cli: CliContext, older_than: str, statuses: tuple[str, ...], yes: bool
         else:
             deleted = operations.purge_records(cli.settings, cutoff, chosen)
     click.echo(f"deleted {deleted} task record(s)")
+
+
+@tasks.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="Only report what would be re-published.")
+@click.option(
+    "--min-age",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Only records PENDING for longer than this (default: APPLIANCE_RECONCILE_MIN_AGE).",
+)
+@json_option
+@pass_cli
+def reconcile(cli: CliContext, dry_run: bool, min_age: float | None, as_json: bool) -> None:
+    """Re-publish tasks whose record is PENDING but whose message Redis lost.
+
+    Same id, name, args, kwargs and queue; not an ETA, priority or workflow links (see
+    README). One log line per re-published id on stderr. Exit codes: 69 Redis
+    unavailable, 74 task-record database unavailable.
+    """
+    from appliance import reconcile as reconciler
+
+    report = reconciler.reconcile(cli.settings, min_age=min_age, dry_run=dry_run)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.summary())

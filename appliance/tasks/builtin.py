@@ -1,4 +1,4 @@
-"""Built-in tasks: record cleanup and the end-to-end canary."""
+"""Built-in tasks: record cleanup, the end-to-end canary and the reconciler."""
 
 from __future__ import annotations
 
@@ -41,3 +41,15 @@ def canary(self: Any) -> dict[str, Any]:
         "started_at": started,
         "finished_at": time.time(),
     }
+
+
+@app.task(name="appliance.reconcile", bind=True)
+def reconcile(self: Any, min_age: float | None = None) -> dict[str, Any]:
+    """Re-publish tasks whose record is PENDING but whose message Redis lost.
+
+    Run by beat every minute (`appliance-reconcile`); see appliance/reconcile.py.
+    Returns the run's report (counts and the re-published ids).
+    """
+    from appliance import reconcile as reconciler
+
+    return reconciler.reconcile(get_settings(), min_age=min_age).to_dict()

@@ -51,3 +51,33 @@ def test_unknown_queue_or_group_is_a_config_error() -> None:
 def test_beat_keeps_its_schedule_in_the_state_dir() -> None:
     settings = load_settings()
     assert _opt(beat_argv(settings), "--schedule") == str(settings.state_dir / "beat-schedule")
+
+
+def test_start_celery_returns_the_command_exit_code() -> None:
+    """Celery's app.start() drops a worker's exit code; start_celery keeps it."""
+    from celery import Celery
+    from celery.bin.celery import celery
+    from click import command, pass_context
+
+    from appliance.runtime import start_celery
+
+    @command("stops")
+    @pass_context
+    def stops(ctx: object) -> None:
+        # What `celery worker` does after an unrecoverable error.
+        ctx.exit(1)  # type: ignore[attr-defined]
+
+    @command("returns")
+    def returns() -> int:
+        return 3
+
+    celery.add_command(stops)
+    celery.add_command(returns)
+    try:
+        app = Celery("t", set_as_current=False)
+        assert start_celery(app, ["stops"]) == 1
+        assert start_celery(app, ["returns"]) == 3
+        assert app.start(argv=["stops"]) is None  # the bug worked around: the 1 is dropped
+    finally:
+        celery.commands.pop("stops")
+        celery.commands.pop("returns")

@@ -1,0 +1,106 @@
+"""Celery's Redis result backends, able to publish without subscribing to the result.
+
+Stock Celery subscribes the publishing process to a task's result channel before it
+publishes the task (``on_task_call``), retrying up to 20 times with a socket timeout
+each: against a paused or overloaded Redis, ``appliance submit`` hung for minutes
+before it even tried to publish. A caller that waits subscribes anyway
+(``AsyncResult.get`` subscribes, then reads a result already stored), so
+:func:`appliance.api.submit` publishes inside :func:`no_subscription`. Everything else
+(workflows, tasks published by tasks) keeps Celery's behaviour. `install()` points
+Celery's redis/rediss/sentinel backend aliases at these subclasses, as broker_transport
+does for kombu's transports. They also store a state in one round trip instead of two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from celery.app import backends
+from celery.backends import redis as celery_redis
+from celery.exceptions import BackendStoreError
+
+_subscribe = ContextVar("appliance_subscribe_on_publish", default=True)
+
+
+@contextlib.contextmanager
+def no_subscription() -> Iterator[None]:
+    """Publish in this block without subscribing to the results (this thread/context only)."""
+    token = _subscribe.set(False)
+    try:
+        yield
+    finally:
+        _subscribe.reset(token)
+
+
+class _SubscribeOnWait:
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        if _subscribe.get():
+            super().on_task_call(producer, task_id)  # type: ignore[misc]
+
+
+# Store a task's state unless it is SUCCESS already, and announce it to waiting clients.
+# Celery's own store takes two round trips per state (GET, then a SET + PUBLISH pipeline);
+# this script takes one, with the same guard against a redelivered task overwriting a
+# success. A value that is not JSON (never written by us) is overwritten as Celery would.
+_STORE_UNLESS_SUCCESS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class _StoreInOneTrip:
+    # self is the Celery backend this mixes into (its attributes are untyped).
+    def _store_result(
+        self: Any,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id.decode() if isinstance(task_id, bytes) else task_id
+        value = self.encode(meta)
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError(
+                "value too large for Redis backend", state=state, task_id=task_id
+            )
+        self.ensure(self._store_unless_success, (self.get_key_for_task(task_id), value))
+        return result
+
+    def _store_unless_success(self: Any, key: bytes | str, value: str | bytes) -> None:
+        script = self.__dict__.get("_store_script")
+        if script is None:
+            script = self._store_script = self.client.register_script(_STORE_UNLESS_SUCCESS)
+        script(keys=[key], args=[value, int(self.expires or 0)], client=self.client)
+
+
+class RedisBackend(_SubscribeOnWait, _StoreInOneTrip, celery_redis.RedisBackend):  # type: ignore[misc]
+    pass
+
+
+class SentinelBackend(_SubscribeOnWait, _StoreInOneTrip, celery_redis.SentinelBackend):  # type: ignore[misc]
+    pass
+
+
+def install() -> None:
+    """Make redis://, rediss:// and sentinel:// result backends these classes (idempotent)."""
+    backends.BACKEND_ALIASES["redis"] = f"{__name__}:RedisBackend"
+    backends.BACKEND_ALIASES["rediss"] = f"{__name__}:RedisBackend"
+    backends.BACKEND_ALIASES["sentinel"] = f"{__name__}:SentinelBackend"

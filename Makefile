@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup up test unit integration system lint bench-health bench-recycle
+.PHONY: setup up test unit integration system lint bench bench-health bench-recycle
 
 setup:          ## apt packages if missing, .venv, the package
 	scripts/dev.sh setup
@@ -26,6 +26,10 @@ lint:
 	$(VENV)/bin/ruff check appliance tests bench examples
 	$(VENV)/bin/ruff format --check appliance tests bench examples
 	$(VENV)/bin/mypy
+
+bench:          ## the performance harness: every row, with ratios (about 15 min)
+	$(VENV)/bin/python -m pip install -q -e '.[bench]'
+	$(PY) bench/run.py
 
 bench-health:   ## appliance health vs celery inspect ping (wall, RSS)
 	$(PY) bench/health.py

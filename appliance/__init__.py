@@ -1,13 +1,15 @@
 """Celery Appliance: a production-grade Celery worker + beat for systemd and supervisord hosts.
 
-Application code submits work with :func:`submit` and reads its record with :func:`get_task`.
+Application code submits work with :func:`submit` (or many tasks at once with
+:func:`submit_many`) and reads its record with :func:`get_task`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["get_task", "submit"]
+__all__ = ["get_task", "submit", "submit_many"]
 __version__ = "0.1.0"
 
 
@@ -24,6 +26,19 @@ def submit(
     from appliance.api import submit as _submit
 
     return _submit(name, args=args, kwargs=kwargs, queue=queue, countdown=countdown, **options)
+
+
+def submit_many(
+    name: str,
+    calls: Iterable[Mapping[str, Any]],
+    queue: str | None = None,
+    priority: int | None = None,
+) -> list[str]:
+    """Publish one task *name* per {"args": [...], "kwargs": {...}} in *calls*, in bulk;
+    return the ids in order (see :func:`appliance.bulk.submit_many`)."""
+    from appliance.bulk import submit_many as _submit_many
+
+    return _submit_many(name, calls, queue=queue, priority=priority)
 
 
 def get_task(task_id: str) -> dict[str, Any] | None:

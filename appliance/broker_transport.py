@@ -3,12 +3,16 @@
 Stock kombu JSON-decodes each item it pops from a queue list inside the transport; a
 non-JSON (or non-message) item raises there and the worker exits with "Unrecoverable
 error". These subclasses move such an item to the dead-letter store and carry on.
+They also keep one Redis client object per channel for the synchronous commands (kombu
+builds a new one for every delivered message and every ack).
 `install()` points kombu's redis/rediss/sentinel aliases at them, so URL parsing,
 TLS and Sentinel stay exactly kombu's. _brpop_read and _get follow kombu 5.7.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
@@ -35,6 +39,15 @@ def _decode(item: bytes) -> dict[str, Any] | None:
 
 class _GarbageTolerant:
     """Mixin for kombu's Redis channels."""
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """One client object (on the channel's connection pool) instead of one per call."""
+        if client is None:
+            client = self.__dict__.get("_sync_client")
+            if client is None:
+                client = self._sync_client = self._create_client()
+        yield client
 
     def _dead_letter(self, item: bytes, queue: str) -> None:
         from appliance import deadletter

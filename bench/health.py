@@ -33,10 +33,11 @@ def probe(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     return wall, usage.ru_maxrss / 1024, proc.returncode
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
+Measures = dict[str, list[tuple[float, float, int]]]
+
+
+def measure(rounds: int) -> Measures:
+    """Time both probes *rounds* times each, alternating, against one running worker."""
     with (
         tempfile.TemporaryDirectory() as tmp,
         local_redis_server(Path(tmp) / "redis", "--maxmemory", "256mb", "--appendonly", "yes") as (
@@ -69,24 +70,36 @@ def main() -> None:
                     "ping",
                 ],
             }
-            results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in contenders}
-            for _ in range(args.rounds):
+            results: Measures = {name: [] for name in contenders}
+            for _ in range(rounds):
                 for name, argv in contenders.items():
                     results[name].append(probe(argv, env))
         finally:
             worker.terminate()
-    print(f"{'probe':<22}{'wall p50':>10}{'RSS p50':>10}  exit codes")
-    print(f"({args.rounds} rounds, alternating, process start included)")
+    return results
+
+
+def report(results: Measures) -> None:
+    rounds = len(next(iter(results.values())))
+    print(f"\n5. {'probe':<22}{'wall p50':>10}{'RSS p50':>10}  exit codes")
+    print(f"   ({rounds} rounds, alternating, process start included)")
     medians = {}
     for name, runs in results.items():
         wall = statistics.median(r[0] for r in runs)
         rss = statistics.median(r[1] for r in runs)
         medians[name] = (wall, rss)
         codes = sorted({r[2] for r in runs})
-        print(f"{name:<22}{wall * 1000:>8.0f}ms{rss:>8.1f}MB  {codes}")
+        print(f"   {name:<22}{wall * 1000:>8.0f}ms{rss:>8.1f}MB  {codes}")
     (hw, hr), (cw, cr) = medians["appliance health"], medians["celery inspect ping"]
-    print(f"\nwall ratio health/ping: {hw / cw:.3f}  (goal <= 0.1)")
-    print(f"health RSS: {hr:.1f} MB  (goal <= 40 MB); RSS ratio health/ping: {hr / cr:.2f}")
+    print(f"   wall ratio health/ping: {hw / cw:.3f}  (goal <= 0.1)")
+    print(f"   health RSS: {hr:.1f} MB  (goal <= 40 MB); RSS ratio health/ping: {hr / cr:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    report(measure(args.rounds))
 
 
 if __name__ == "__main__":

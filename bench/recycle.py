@@ -109,7 +109,8 @@ def drain(server: RedisServer, n: int, limit: int, stock: bool, workdir: Path) -
 
 
 def report(runs: list[Run]) -> None:
-    print(f"\n{'pool':10} {'limit':>6} {'tasks/s':>9} {'ratio':>6} {'worst stall':>12}")
+    print("\n6. recycling: drain throughput by max-tasks-per-child (ratio to no limit)")
+    print(f"{'pool':10} {'limit':>6} {'tasks/s':>9} {'ratio':>6} {'worst stall':>12}")
     for pool in dict.fromkeys(r.pool for r in runs):
         mine = [r for r in runs if r.pool == pool]
         rates = {
@@ -122,6 +123,35 @@ def report(runs: list[Run]) -> None:
             print(f"{pool:10} {limit:>6} {rate:9.1f} {ratio:>6} {stall:9.0f} ms")
 
 
+def measure(n: int, limits: list[int], repeat: int, stock: bool) -> list[Run]:
+    """Drains of n noops per limit (0 = none), alternating pools and limits."""
+    pools = [False, True] if stock else [False]
+    with tempfile.TemporaryDirectory(prefix="bench-recycle-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "empty.env").write_text("")
+        with local_redis_server(workdir / "redis") as (server, _proc):
+            saved = dict(os.environ)
+            os.environ.update(_worker_env(server, 0, workdir))
+            runs: list[Run] = []
+            try:
+                for _ in range(repeat):
+                    for limit in limits:
+                        for pool in pools:
+                            started = time.monotonic()
+                            run = drain(server, n, limit, pool, workdir)
+                            runs.append(run)
+                            print(
+                                f"  {run.pool:10} limit {run.limit:>5}: {run.rate:7.1f} "
+                                f"tasks/s, stall {run.stall_ms:5.0f} ms "
+                                f"({time.monotonic() - started:.0f} s)",
+                                flush=True,
+                            )
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--tasks", type=int, default=2000, help="tasks per drain")
@@ -130,25 +160,7 @@ def main() -> None:
     parser.add_argument("--stock", action="store_true", help="also Celery's own pool")
     args = parser.parse_args()
     limits = [0 if x == "none" else int(x) for x in args.limits.split(",")]
-    pools = [False, True] if args.stock else [False]
-    with tempfile.TemporaryDirectory(prefix="bench-recycle-") as tmp:
-        workdir = Path(tmp)
-        (workdir / "empty.env").write_text("")
-        with local_redis_server(workdir / "redis") as (server, _proc):
-            os.environ.update(_worker_env(server, 0, workdir))
-            runs: list[Run] = []
-            for _ in range(args.repeat):
-                for limit in limits:
-                    for stock in pools:
-                        started = time.monotonic()
-                        run = drain(server, args.tasks, limit, stock, workdir)
-                        runs.append(run)
-                        print(
-                            f"{run.pool:10} limit {run.limit:>5}: {run.rate:7.1f} tasks/s, "
-                            f"stall {run.stall_ms:5.0f} ms ({time.monotonic() - started:.0f} s)",
-                            flush=True,
-                        )
-    report(runs)
+    report(measure(args.tasks, limits, args.repeat, args.stock))
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ def _build_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url, connect_args={"timeout": C.DB_LOCK_TIMEOUT_SECONDS}, pool_pre_ping=True
-        )
+        # No pre-ping: a file connection does not go stale, and the ping would cost a
+        # round of SQL on every record write.
+        engine = create_engine(url, connect_args={"timeout": C.DB_LOCK_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(

@@ -10,6 +10,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from celery import signals
@@ -24,22 +25,29 @@ logger = logging.getLogger("appliance.records")
 write_errors = 0
 last_write_error: str | None = None
 
+# True while a caller publishes messages whose PENDING records it wrote itself, in bulk
+# (`appliance.submit_many`): the publish hook then writes none.
+recorded_by_caller: ContextVar[bool] = ContextVar("recorded_by_caller", default=False)
+
+
+def note_write_error(what: str, exc: Exception) -> None:
+    """Count and log a record write that failed (the work itself carries on)."""
+    global write_errors, last_write_error
+    write_errors += 1
+    last_write_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    logger.warning("task record not written (%s): %s", what, last_write_error)
+
 
 def guarded(handler: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        global write_errors, last_write_error
         url = get_settings().records_url
         if url is None:
             return
         try:
             handler(url, *args, **kwargs)
         except Exception as exc:
-            write_errors += 1
-            last_write_error = (
-                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            )
-            logger.warning("task record not written (%s): %s", handler.__name__, last_write_error)
+            note_write_error(handler.__name__, exc)
 
     return wrapper
 
@@ -58,6 +66,8 @@ def _on_publish(
     routing_key: str | None = None,
     **_: Any,
 ) -> None:
+    if recorded_by_caller.get():
+        return
     headers = headers or {}
     args, kwargs = (
         (body[0], body[1]) if isinstance(body, (list, tuple)) and len(body) >= 2 else (None, None)

@@ -1,0 +1,303 @@
+"""The performance harness: every row of the performance issue from one command.
+
+    make bench                      (= .venv/bin/python bench/run.py)
+    .venv/bin/python bench/run.py [-n 10000] [--repeat 3] [--rows 1,2,3,4,5,6,7]
+
+Needs the bench extra (`pip install -e '.[bench]'`: Dramatiq). Starts its own
+redis-server (ephemeral port, no persistence) and workers; never part of the tests.
+Contenders run in the same run, alternating, `--repeat` times; medians are printed with
+the ratio to the reference. Rows:
+
+1. drain of N pre-enqueued no-ops, 2 worker processes: the appliance's production
+   profile vs stock Celery durable (reference) vs Dramatiq defaults
+2. enqueue rate: appliance.submit / appliance.submit_many vs Celery delay vs Dramatiq send
+3. task records on vs off (the same production profile otherwise)
+4. enqueue-to-start latency p50/p99 at about 50 % of the measured capacity
+5. `appliance health` vs `celery inspect ping`: wall time and peak RSS
+6. recycling: max-tasks-per-child none / 1000 / 100 / 10
+7. Redis bytes per queued task and Redis commands per task (INFO commandstats)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import drain as D  # noqa: E402
+from bench import health as H  # noqa: E402
+from bench import recycle as R  # noqa: E402
+from tests.helpers.processes import wait_until  # noqa: E402
+from tests.helpers.redis_server import RedisServer, local_redis_server  # noqa: E402
+
+DRAIN = ("appliance", "celery-durable", "dramatiq", "celery-default")
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
+    print(f"\n{title}")
+    width = max(len(r[0]) for r in rows) + 2
+    for name, value, ratio, note in rows:
+        print(f"  {name:<{width}}{value:>14}  {ratio:>9}  {note}")
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def runs_text(values: list[float]) -> str:
+    return "runs " + " ".join(f"{v:.0f}" for v in values)
+
+
+# -- rows 1, 3, 7: drains -----------------------------------------------------------------
+
+
+def drains(
+    server: RedisServer, workdir: Path, names: list[str], n: int, repeat: int
+) -> dict[str, list[D.DrainRun]]:
+    table_ = D.contenders(server, workdir)
+    runs: dict[str, list[D.DrainRun]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        for name in names:
+            run = D.drain(server, table_[name], n, workdir)
+            runs[name].append(run)
+            print(f"  [drain {round_ + 1}/{repeat}] {name:18} {run.rate:8.0f} tasks/s", flush=True)
+    return runs
+
+
+def print_drain(runs: dict[str, list[D.DrainRun]], n: int) -> None:
+    rates = {name: [r.rate for r in rs] for name, rs in runs.items()}
+    ref = median(rates["celery-durable"])
+    dramatiq = median(rates["dramatiq"])
+    rows = [
+        (
+            name,
+            f"{median(values):.0f} tasks/s",
+            ratio(median(values), ref),
+            f"vs Dramatiq {ratio(median(values), dramatiq)}; {runs_text(values)}",
+        )
+        for name, values in rates.items()
+    ]
+    table(f"1. drain of {n} no-ops, 2 processes (ratio to celery-durable; goal >= 2x)", rows)
+
+
+def print_records(runs: dict[str, list[D.DrainRun]]) -> None:
+    on = median([r.rate for r in runs["appliance"]])
+    off = median([r.rate for r in runs["appliance-norec"]])
+    rows = [
+        (
+            "records on",
+            f"{on:.0f} tasks/s",
+            ratio(on, off),
+            runs_text([r.rate for r in runs["appliance"]]),
+        ),
+        (
+            "records off",
+            f"{off:.0f} tasks/s",
+            "1.00x",
+            runs_text([r.rate for r in runs["appliance-norec"]]),
+        ),
+    ]
+    table("3. task records on vs off, same profile (goal: on/off >= 0.9)", rows)
+
+
+def print_redis_costs(runs: dict[str, list[D.DrainRun]]) -> None:
+    rows = []
+    for name, rs in runs.items():
+        bytes_ = median([r.bytes_per_task for r in rs])
+        enq = median([r.enqueue_commands for r in rs])
+        drn = median([r.drain_commands for r in rs])
+        rows.append(
+            (
+                name,
+                f"{bytes_:.0f} B/task",
+                f"{enq + drn:.1f} cmd",
+                f"enqueue {enq:.1f} + drain {drn:.1f} commands per task",
+            )
+        )
+    table("7. Redis bytes per queued task and commands per task (INFO commandstats)", rows)
+
+
+# -- row 2: enqueue -----------------------------------------------------------------------
+
+
+def enqueues(server: RedisServer, workdir: Path, n: int, repeat: int) -> dict[str, list[float]]:
+    env = D.base_env(server, workdir)
+    kinds = {
+        "appliance.submit": "appliance",
+        "appliance.submit_many": "appliance-bulk",
+        "celery delay": "celery",
+        "dramatiq send": "dramatiq",
+    }
+    rates: dict[str, list[float]] = {name: [] for name in kinds}
+    appliance = D.contenders(server, workdir)["appliance"]
+    for round_ in range(repeat):
+        for name, kind in kinds.items():
+            server.flush()
+            D._fresh_records(appliance, workdir)
+            # One-by-one submits are slow with records on: a tenth of N is plenty.
+            count = n // 10 if kind == "appliance" else n
+            rate = D.enqueue(kind, count, env)
+            rates[name].append(rate)
+            print(f"  [enqueue {round_ + 1}/{repeat}] {name:22} {rate:8.0f} tasks/s", flush=True)
+    return rates
+
+
+def print_enqueue(rates: dict[str, list[float]]) -> None:
+    ref = median(rates["dramatiq send"])
+    rows = [
+        (name, f"{median(v):.0f} tasks/s", ratio(median(v), ref), runs_text(v))
+        for name, v in rates.items()
+    ]
+    table("2. enqueue rate, one producer process (ratio to Dramatiq send; goal: bulk >= 1x)", rows)
+
+
+# -- row 4: latency -----------------------------------------------------------------------
+
+PACED_PRODUCER = """
+import sys, time
+import appliance
+rate, count = float(sys.argv[1]), int(sys.argv[2])
+appliance.submit("demo.noop")
+t0 = time.perf_counter()
+for i in range(count):
+    delay = t0 + i / rate - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+    appliance.submit("demo.noop")
+"""
+
+
+def latency(
+    server: RedisServer, workdir: Path, rate: float, count: int
+) -> tuple[float, float, float]:
+    """p50/p99 of (record started_at - created_at) for tasks submitted at *rate*/s; ms."""
+    import sqlite3
+
+    contender = D.contenders(server, workdir)["appliance"]
+    server.flush()
+    D._fresh_records(contender, workdir)
+    log = (workdir / "latency.log").open("ab")
+    worker = subprocess.Popen(
+        contender.argv,
+        env=contender.env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        client = server.client()
+        wait_until(lambda: bool(client.keys("appliance:worker:*")), 60, "the worker's heartbeat")
+        subprocess.run(
+            [sys.executable, "-c", PACED_PRODUCER, str(rate), str(count)],
+            env=contender.env,
+            cwd=REPO,
+            check=True,
+            timeout=600,
+        )
+        wait_until(lambda: D._records_done(workdir) >= count + 1, 300, "all SUCCESS", 0.05)
+    finally:
+        D.stop(worker)
+        log.close()
+    with sqlite3.connect(workdir / "records.db") as db:
+        pairs = db.execute("select created_at, started_at from task_records").fetchall()
+    waits = sorted(
+        (datetime.fromisoformat(s) - datetime.fromisoformat(c)).total_seconds() * 1000
+        for c, s in pairs
+        if c and s
+    )[1:]  # the first one warms up
+    q = statistics.quantiles(waits, n=100)
+    return q[49], q[98], rate
+
+
+def print_latency(result: tuple[float, float, float], capacity: float) -> None:
+    p50, p99, rate = result
+    rows = [
+        (
+            "p50",
+            f"{p50:.1f} ms",
+            "",
+            f"at {rate:.0f} tasks/s = 50 % of the drain rate {capacity:.0f}/s",
+        ),
+        ("p99", f"{p99:.1f} ms", f"{p99 / 5:.2f}x", "ratio to the goal p99 <= 5 ms"),
+    ]
+    table("4. enqueue-to-start latency (record created_at -> started_at), production profile", rows)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--tasks", type=int, default=10_000, help="tasks per drain/enqueue")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per contender")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7")
+    parser.add_argument(
+        "--drain-only", default="", help="comma list: run just these drain contenders"
+    )
+    args = parser.parse_args()
+    if args.drain_only:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            (Path(tmp) / "empty.env").write_text("")
+            with local_redis_server(Path(tmp) / "redis") as (server, _proc):
+                runs = drains(
+                    server, Path(tmp), args.drain_only.split(","), args.tasks, args.repeat
+                )
+        for name, rs in runs.items():
+            rates = [r.rate for r in rs]
+            print(f"{name:24} {median(rates):8.0f} tasks/s  {runs_text(rates)}")
+        return
+    rows = {int(r) for r in args.rows.split(",")}
+    started = time.monotonic()
+    printers = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "empty.env").write_text("")
+        with local_redis_server(workdir / "redis") as (server, _proc):
+            names = []
+            if rows & {1, 7}:
+                names += list(DRAIN)
+            if rows & {3, 7}:
+                names += ["appliance-norec"]
+            names = list(dict.fromkeys(names))
+            runs = drains(server, workdir, names, args.tasks, args.repeat) if names else {}
+            if 1 in rows:
+                printers.append(lambda: print_drain({k: runs[k] for k in DRAIN}, args.tasks))
+            if 2 in rows:
+                rates = enqueues(server, workdir, args.tasks, args.repeat)
+                printers.append(lambda: print_enqueue(rates))
+            if 3 in rows:
+                printers.append(lambda: print_records(runs))
+            if 4 in rows:
+                capacity = (
+                    median([r.rate for r in runs["appliance"]]) if runs.get("appliance") else 1000.0
+                )
+                lat = latency(server, workdir, capacity / 2, min(args.tasks, int(capacity * 10)))
+                printers.append(lambda: print_latency(lat, capacity))
+            if 7 in rows:
+                printers.append(lambda: print_redis_costs(runs))
+    if 5 in rows:
+        health = H.measure(rounds=5)
+        printers.append(lambda: H.report(health))
+    if 6 in rows:
+        recycle = R.measure(n=2000, limits=[0, 1000, 100, 10], repeat=1, stock=False)
+        printers.append(lambda: R.report(recycle))
+    print(f"\n=== results ({time.monotonic() - started:.0f} s, {args.repeat} rounds each)")
+    for printer in printers:
+        printer()
+
+
+if __name__ == "__main__":
+    main()

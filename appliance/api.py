@@ -65,7 +65,8 @@ def submit(
     (seconds) override the task's limits for this call.
 
     Raises UnknownTaskError, UnknownQueueError, SubmitOptionError (an ETA or time limit
-    beyond the visibility timeout, a soft limit above the hard one) or
+    beyond the visibility timeout, a soft limit above the hard one, arguments that are not
+    JSON or over APPLIANCE_MAX_PAYLOAD_BYTES) or
     BrokerUnavailableError; on any of them nothing is queued and no PENDING record is
     left behind.
     """
@@ -90,6 +91,7 @@ def submit(
         _check_limits(settings, soft, hard, soft_origin)
     if countdown is not None or eta is not None:
         _check_delay(settings, countdown, eta, hard)
+    check_payload(settings, name, args, kwargs)
     republish = task_id is not None
     task_id = task_id or str(uuid.uuid4())
     options: dict[str, Any] = {"task_id": task_id}
@@ -164,6 +166,30 @@ def _publish(
         app.send_task(
             name, args=args, kwargs=kwargs, connection=connection, retry_policy=policy, **options
         )
+
+
+def check_payload(
+    settings: Settings, name: str, args: Any, kwargs: Any, what: str = "the arguments"
+) -> int:
+    """Refuse arguments that JSON cannot carry or that exceed APPLIANCE_MAX_PAYLOAD_BYTES,
+    before any record is written or anything published; return their size in bytes."""
+    from kombu.utils.json import dumps  # the worker's serializer: same types, same size
+
+    try:
+        size = len(dumps([list(args), dict(kwargs or {})]).encode())  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SubmitOptionError(
+            f"{what} of {name} cannot be sent as JSON ({_first_line(exc)}); fix: pass only "
+            "JSON types (str, int, float, bool, None, list, dict)"
+        ) from None
+    cap = settings.max_payload_bytes
+    if cap and size > cap:
+        raise SubmitOptionError(
+            f"{what} of {name} are {size} bytes of JSON, over APPLIANCE_MAX_PAYLOAD_BYTES="
+            f"{cap}; fix: pass a reference (a file path, URL or database id) instead of the "
+            "data, or raise APPLIANCE_MAX_PAYLOAD_BYTES"
+        )
+    return size
 
 
 def _check_limits(settings: Settings, soft: float, hard: float, soft_origin: str) -> None:

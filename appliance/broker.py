@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 
@@ -13,7 +14,49 @@ from appliance.settings import Settings, mask_url
 
 def client(settings: Settings) -> redis.Redis:
     """A redis-py client for the broker database, with short timeouts."""
-    return redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=3)
+    return connect(
+        settings.broker_url,
+        settings.redis_sentinel_master,
+        socket_timeout=5,
+        socket_connect_timeout=3,
+    )
+
+
+def connect(url: str, master_name: str | None = None, **kwargs: Any) -> redis.Redis:
+    """A redis-py client for *url*; for ``sentinel://`` URLs, one that follows the master.
+
+    A Sentinel URL is kombu's and Celery's form: ``sentinel://[:PW@]HOST:PORT[/DB]``
+    items joined by ``;``, the database and password taken from the first item (they are
+    the master's; the sentinels themselves are asked without them). The client asks the
+    sentinels for *master_name*'s address on every new connection, so after a failover
+    it reconnects to the promoted replica by itself.
+    """
+    if urlsplit(url).scheme != "sentinel":
+        return redis.Redis.from_url(url, **kwargs)
+    if not master_name:
+        raise ValueError(
+            "a sentinel:// URL needs the master's name; fix: set APPLIANCE_REDIS_SENTINEL_MASTER"
+        )
+    from redis.sentinel import Sentinel
+
+    hosts, first = sentinel_hosts(url)
+    db = int((first.path or "/0").strip("/") or 0)
+    credentials = {
+        key: unquote(value)
+        for key, value in (("username", first.username), ("password", first.password))
+        if value
+    }
+    sockets = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    sentinel = Sentinel(hosts, sentinel_kwargs=sockets, **kwargs)  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(master_name, db=db, **credentials)  # type: ignore[no-untyped-call]
+    return master
+
+
+def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], Any]:
+    """The (host, port) of each sentinel in a ``;``-joined URL, and the first item parsed."""
+    items = [urlsplit(item.strip()) for item in url.split(";") if item.strip()]
+    hosts = [(item.hostname or "127.0.0.1", item.port or 26379) for item in items]
+    return hosts, items[0]
 
 
 def unavailable(settings: Settings, exc: Exception) -> BrokerUnavailableError:

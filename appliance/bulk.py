@@ -11,7 +11,14 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from appliance.api import UnknownQueueError, _app, _first_line, _publish_fix, _unknown_task
+from appliance.api import (
+    UnknownQueueError,
+    _app,
+    _first_line,
+    _publish_fix,
+    _unknown_task,
+    check_payload,
+)
 from appliance.errors import BrokerUnavailableError, SubmitOptionError
 from appliance.records import signals as record_signals
 from appliance.result_backend import no_subscription
@@ -54,8 +61,9 @@ def submit_many(
     """Publish one task *name* per item of *calls* ({"args": [...], "kwargs": {...}});
     return their ids in order.
 
-    Raises UnknownTaskError, UnknownQueueError, SubmitOptionError (a malformed call;
-    nothing submitted) or BulkSubmitError (Redis failed part-way: see its ids).
+    Raises UnknownTaskError, UnknownQueueError, SubmitOptionError (a malformed call, or
+    one over APPLIANCE_MAX_PAYLOAD_BYTES; nothing submitted) or BulkSubmitError (Redis
+    failed part-way: see its ids).
     """
     app = _app()
     if name not in app.tasks:
@@ -67,6 +75,8 @@ def submit_many(
             "or add it to APPLIANCE_QUEUES"
         )
     parsed = [_call(item, index) for index, item in enumerate(calls)]
+    for index, (args, kwargs) in enumerate(parsed):
+        check_payload(settings, name, args, kwargs, what=f"call {index}: the arguments")
     ids = [str(uuid.uuid4()) for _ in parsed]
     options: dict[str, Any] = {}
     if queue is not None:

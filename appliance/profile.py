@@ -27,6 +27,21 @@ def _redis_socket_options() -> dict[str, Any]:
     }
 
 
+def _sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
+    # sentinel:// URLs: kombu and Celery ask the sentinels for this master's address on
+    # every new connection, so a worker follows a failover without a restart.
+    if not url.startswith("sentinel://") or not settings.redis_sentinel_master:
+        return {}
+    return {
+        "master_name": settings.redis_sentinel_master,
+        # The sentinels answer in milliseconds or not at all: do not hang on a dead one.
+        "sentinel_kwargs": {
+            "socket_timeout": C.REDIS_CONNECT_TIMEOUT,
+            "socket_connect_timeout": C.REDIS_CONNECT_TIMEOUT,
+        },
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration of the production profile."""
     queues = [
@@ -47,8 +62,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         # A child killed mid-task (OOM killer, SIGKILL) requeues its task instead of failing it.
         "task_reject_on_worker_lost": True,
-        # Reserve one message per process: prefetched messages wait behind long tasks.
-        "worker_prefetch_multiplier": 1,
+        # Reserve one message per process by default: prefetched messages wait behind long
+        # tasks. Short-task fleets raise it (APPLIANCE_PREFETCH_MULTIPLIER; see README).
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
         # The records show STARTED (with worker and time); storing it in the result backend
         # too would cost two Redis round trips per task. Without records, the backend has it.
         "task_track_started": not settings.records_enabled,
@@ -66,8 +82,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": C.UNACKED_RESTORE_INTERVAL,
             "unacked_restore_throttle": C.UNACKED_RESTORE_THROTTLE,
             **_redis_socket_options(),
+            **_sentinel_options(settings, settings.broker_url),
         },
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            **_sentinel_options(settings, settings.effective_result_backend),
+        },
         "redis_socket_timeout": C.REDIS_SOCKET_TIMEOUT,
         "redis_socket_connect_timeout": C.REDIS_CONNECT_TIMEOUT,
         "redis_socket_keepalive": True,

@@ -42,22 +42,33 @@ _FIXES: dict[str, str] = {
     "APPLIANCE_QUEUES",
     "timezone": "use an IANA name such as UTC or Europe/Berlin",
     "log_level": "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    "redis_sentinel_master": "set it to the name the sentinels monitor (sentinel monitor NAME ...)",
 }
+
+
+_LOOSE_PASSWORD = re.compile(r":[^:/@]*@")
 
 
 def mask_url(url: str) -> str:
     """Return *url* with any password replaced by ``****``."""
+    if ";" in url:  # sentinel://...;sentinel://...: each item may carry the password
+        return ";".join(mask_url(item) for item in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:
         return "****"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    try:
+        if parts.password is None:
+            # No URL password, but maybe a mistyped URL around one ("redis:/:pw@host",
+            # "user:pw@host" without a scheme): mask what looks like ":password@".
+            return _LOOSE_PASSWORD.sub(":****@", url)
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # a bad port
+        return "****"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -99,6 +110,9 @@ class Settings(BaseSettings):
     record_retention_days: int = Field(C.DEFAULT_RECORD_RETENTION_DAYS, gt=0)
     timezone: str = "UTC"
     concurrency: int | None = Field(None, gt=0)
+    # Messages each pool process reserves ahead (acks late: they stay in Redis's unacked
+    # set until done, so a dead worker's reserve comes back). 1 suits long tasks.
+    prefetch_multiplier: int = Field(1, gt=0)
     log_level: str = "INFO"
     records_enabled: bool = True
     db_auto_upgrade: bool = True
@@ -106,6 +120,12 @@ class Settings(BaseSettings):
     # Seconds a record must have been PENDING before the reconciler looks for its message
     # (appliance/reconcile.py); well above the time a publish takes.
     reconcile_min_age: int = Field(300, gt=0)
+    # Largest JSON of one task's args + kwargs that submit accepts (0 = no cap): a huge
+    # payload sits in Redis memory (a noeviction Redis then refuses every write), in the
+    # record row and in each worker's prefetch; pass a reference (path, URL, id) instead.
+    max_payload_bytes: int = Field(1 << 20, ge=0)
+    # The master name the sentinels monitor; needed (and only used) with sentinel:// URLs.
+    redis_sentinel_master: str | None = None
 
     @field_validator("task_modules", "queues", mode="before")
     @classmethod
@@ -194,6 +214,19 @@ class Settings(BaseSettings):
         for pattern, queue in self.routes.items():
             if queue not in known:
                 raise _CrossFieldError("routes", f"route {pattern!r} names unknown queue {queue!r}")
+        sentinel = [
+            var
+            for var, url in (
+                ("APPLIANCE_BROKER_URL", self.broker_url),
+                ("APPLIANCE_RESULT_BACKEND", self.result_backend),
+            )
+            if url and urlsplit(url).scheme == "sentinel"
+        ]
+        if sentinel and not self.redis_sentinel_master:
+            raise _CrossFieldError(
+                "redis_sentinel_master",
+                f"{' and '.join(sentinel)} use Sentinel but no master name is set",
+            )
         if self.task_soft_time_limit > self.task_time_limit:
             raise _CrossFieldError(
                 "task_soft_time_limit",
@@ -219,6 +252,12 @@ class Settings(BaseSettings):
         parts = urlsplit(self.broker_url)
         if parts.scheme in ("redis", "rediss"):
             return urlunsplit(parts._replace(path=f"/{C.DEFAULT_RESULT_DB}"))
+        if parts.scheme == "sentinel":  # the same database on every sentinel item
+            return ";".join(
+                urlunsplit(urlsplit(item.strip())._replace(path=f"/{C.DEFAULT_RESULT_DB}"))
+                for item in self.broker_url.split(";")
+                if item.strip()
+            )
         return self.broker_url
 
     @property

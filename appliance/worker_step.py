@@ -163,8 +163,13 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(
+            from appliance.broker import connect
+            from appliance.settings import get_settings
+
+            # Through Sentinel for sentinel:// URLs: heartbeats follow a failover.
+            self._client = connect(
                 supervision.broker_url,
+                get_settings().redis_sentinel_master,
                 socket_timeout=2,
                 socket_connect_timeout=2,
                 health_check_interval=C.REDIS_HEALTH_CHECK_INTERVAL,
@@ -191,7 +196,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
             active=counters.active,
             reserved=len(worker_state.reserved_requests),
             rss_kib=heartbeat.current_rss_kib(),
-            record_write_errors=record_signals.write_errors,
+            record_write_errors=record_signals.write_error_count(),  # incl. pool children
             last_error=counters.last_error,
             window_done=counters.done - done_then,
             window_failed=counters.failed - failed_then,

@@ -22,6 +22,19 @@ class _Group(click.Group):
         except ApplianceError as exc:
             click.echo(f"appliance: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except Exception as exc:
+            from appliance import acl
+
+            if not acl.is_noperm(exc):
+                raise
+            # Redis refused a command, key or channel to the ACL user (e.g. no &*).
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            click.echo(
+                f"appliance: error: Redis refused this to the ACL user ({reason}); fix: grant "
+                "the user `~* &* +@all -@dangerous` (README: Redis ACL user)",
+                err=True,
+            )
+            ctx.exit(exitcodes.BROKER_UNAVAILABLE)
         except KeyboardInterrupt:
             click.echo("appliance: interrupted", err=True)
             ctx.exit(130)

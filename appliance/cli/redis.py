@@ -32,8 +32,17 @@ def check(cli: CliContext, as_json: bool) -> None:
     try:
         with Resp(cfg.broker_url) as conn:
             checks = check_redis(cfg, conn, time.time())
-    except (RespConnectionError, RespError) as exc:
+    except RespConnectionError as exc:
         checks = [Check("redis", 2, f"Redis unreachable ({exc}); fix: start redis-server")]
+    except RespError as exc:
+        checks = [
+            Check(
+                "redis",
+                2,
+                f"Redis refused the check ({exc}); "
+                "fix: check the user/password in APPLIANCE_BROKER_URL",
+            )
+        ]
     advice = host_advice()
     if as_json:
         echo_json(
@@ -76,7 +85,9 @@ def tune(
     """Show (and with --apply set) maxmemory, noeviction and AOF for a broker."""
     import redis
 
+    from appliance.acl import acl_user, grant, is_noperm
     from appliance.broker import client, unavailable
+    from appliance.errors import ApplianceError
     from appliance.redis_tuning import (
         Plan,
         UnsafePolicyError,
@@ -104,9 +115,23 @@ def tune(
         result = apply(conn, plan) if do_apply else None
         after = current(conn) if do_apply else before
     except redis.ResponseError as exc:
-        raise click.ClickException(
-            f"Redis refused CONFIG ({exc}); fix: run this as a Redis admin, or use --conf-out "
-            "and include the snippet from redis.conf"
+        if not is_noperm(exc):
+            raise ApplianceError(
+                f"Redis refused CONFIG ({exc}); fix: run this as a Redis admin, or use "
+                "--conf-out and include the snippet from redis.conf"
+            ) from None
+        # CONFIG is in @dangerous: an appliance ACL user (-@dangerous) may not run it.
+        user = acl_user(settings.broker_url)
+        fix = (
+            "run it with an admin user's URL (APPLIANCE_BROKER_URL=redis://ADMIN:PW@HOST/0 "
+            "appliance redis tune --apply), or use --conf-out FILE and include FILE from "
+            "redis.conf"
+            if do_apply
+            else f"{grant(settings.broker_url, '+config|get')} to let it read them, or use "
+            "--conf-out FILE and include FILE from redis.conf"
+        )
+        raise ApplianceError(
+            f"Redis refused CONFIG to ACL user {user} (CONFIG is in @dangerous); fix: {fix}"
         ) from None
     except redis.RedisError as exc:
         raise unavailable(settings, exc) from None

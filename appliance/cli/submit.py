@@ -20,6 +20,8 @@ def _json_param(expected: type, what: str, example: str) -> Any:
             data = json.loads(value)
         except json.JSONDecodeError as exc:
             raise click.BadParameter(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:  # json.loads recurses per nesting level
+            raise click.BadParameter("JSON nested too deeply; fix: flatten it") from None
         if not isinstance(data, expected):
             raise click.BadParameter(f"must be a JSON {what}, e.g. {example}")
         return data

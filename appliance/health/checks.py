@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from appliance import constants as C
+from appliance.acl import acl_user, grant, is_noperm
 from appliance.health.config import HealthConfig, mask
 from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
 
@@ -79,10 +80,27 @@ def _enqueued_at(raw: bytes | None) -> float | None:
 def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     """Round trip, eviction policy, memory headroom, persistence."""
     start = time.perf_counter()
-    conn.call("PING")
+    pong = conn.call("PING")
     latency = (time.perf_counter() - start) * 1000
-    info = parse_info(conn.call("INFO", "everything"))
+    if pong != "PONG":  # something else listens there and happens to speak RESP
+        raise RespConnectionError(f"not a Redis reply to PING: {str(pong)[:40]!r}")
     checks = [_measured("redis_latency", latency, "ms", cfg.threshold("latency_ms"), "Redis PING")]
+    try:
+        info = parse_info(conn.call("INFO", "everything"))
+    except RespError as exc:
+        if not is_noperm(exc):
+            raise
+        # An ACL user without INFO (it is in @dangerous): the rest of the checks still run.
+        checks.append(
+            Check(
+                "redis_info",
+                WARNING,
+                f"Redis refused INFO to ACL user {acl_user(cfg.broker_url)}, so eviction "
+                "policy, memory and persistence are not checked; "
+                f"fix: {grant(cfg.broker_url, '+info')}",
+            )
+        )
+        return checks
 
     policy = info.get("maxmemory_policy", "unknown")
     if policy == "noeviction":

@@ -6,6 +6,7 @@ few values health uses and reports a bad one as the checker's own failure (UNKNO
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -47,6 +48,8 @@ class HealthConfig:
     expect_beat: bool
     database_url: str
     thresholds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # The master name the sentinels monitor, for a sentinel:// broker URL.
+    sentinel_master: str | None = None
 
     def threshold(self, name: str) -> tuple[float, float]:
         return self.thresholds[name]
@@ -81,10 +84,22 @@ def load_health_config(
     )
     broker = first(values, "APPLIANCE_BROKER_URL", "CELERY_BROKER_URL")
     broker = broker or embedded_broker(state_dir) or C.DEFAULT_BROKER_URL
-    if urlsplit(broker).scheme not in ("redis", "rediss", "unix", "redis+socket"):
+    try:
+        urlsplit(broker)
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 host
         raise ConfigError(
-            f"invalid APPLIANCE_BROKER_URL: health reads redis://, rediss:// or unix sockets, "
-            f"not {urlsplit(broker).scheme or 'nonsense'}://; fix: use a Redis URL"
+            f"invalid APPLIANCE_BROKER_URL: not a URL ({exc}); fix: use a Redis URL"
+        ) from None
+    if urlsplit(broker).scheme not in ("redis", "rediss", "unix", "redis+socket", "sentinel"):
+        raise ConfigError(
+            f"invalid APPLIANCE_BROKER_URL: health reads redis://, rediss://, sentinel:// or "
+            f"unix sockets, not {urlsplit(broker).scheme or 'nonsense'}://; fix: use a Redis URL"
+        )
+    sentinel_master = values.get("APPLIANCE_REDIS_SENTINEL_MASTER") or None
+    if urlsplit(broker).scheme == "sentinel" and not sentinel_master:
+        raise ConfigError(
+            "invalid APPLIANCE_REDIS_SENTINEL_MASTER: APPLIANCE_BROKER_URL uses Sentinel but "
+            "no master name is set; fix: set it to the name the sentinels monitor"
         )
     try:
         queues = split_list(values.get("APPLIANCE_QUEUES") or ",".join(C.DEFAULT_QUEUES))
@@ -124,14 +139,20 @@ def load_health_config(
         ),
         database_url=database,
         thresholds=thresholds,
+        sentinel_master=sentinel_master,
     )
 
 
 def mask(url: str) -> str:
     """*url* without its password (same rule as appliance.settings.mask_url)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    if ";" in url:  # sentinel://...;sentinel://...
+        return ";".join(mask(item) for item in url.split(";"))
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return re.sub(r":[^:/@]*@", ":****@", url)  # a mistyped URL around a password
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # not a URL, or a bad port
+        return "****"
     return urlunsplit(parts._replace(netloc=netloc))

@@ -1,29 +1,47 @@
 """Celery signal handlers that keep the task records.
 
 Each handler isolates its failures: a record that cannot be written is logged and
-counted, and the task carries on (a bookkeeping hook never kills the work).
+counted, and the task carries on (a bookkeeping hook never kills the work). A final state
+(SUCCESS, FAILURE) is retried for a few seconds first when the error is transient.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
 from celery import signals
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from appliance.constants import ENQUEUED_AT_HEADER
+from appliance.constants import DB_LOCK_TIMEOUT_SECONDS, ENQUEUED_AT_HEADER
 from appliance.records import store
 from appliance.settings import get_settings
 
 logger = logging.getLogger("appliance.records")
 
-# Record writes that failed in this process (the heartbeat of the runtime reports it).
+# Record writes that failed in this process.
 write_errors = 0
 last_write_error: str | None = None
+# The same count for a whole worker node: shared memory made by its main process before
+# the pool forks, so the failed writes of every pool child (where the prerun, postrun and
+# failure hooks run) reach the heartbeat the main process writes. See write_error_count().
+_node_errors: Any = None
+_main_pid: int | None = None
+
+# A final-state write (SUCCESS or FAILURE) that fails on a transient database error (a
+# locked SQLite file, a PostgreSQL restarting) is tried again after these pauses, inside
+# the hook, so before the ack. Bounded: no retry starts unless it can end (pause plus the
+# lock wait DB_LOCK_TIMEOUT_SECONDS) within FINAL_WRITE_BUDGET_SECONDS of the first try.
+FINAL_WRITE_PAUSES_SECONDS = (0.25, 0.5, 1.0)
+FINAL_WRITE_BUDGET_SECONDS = 5.0
+# Set when a final write has failed after its retries: this process then tries each write
+# once (no task pays the retries again for the rest of an outage) until one succeeds.
+_database_down = False
 
 # True while a caller publishes messages whose PENDING records it wrote itself, in bulk
 # (`appliance.submit_many`): the publish hook then writes none.
@@ -34,22 +52,84 @@ def note_write_error(what: str, exc: Exception) -> None:
     """Count and log a record write that failed (the work itself carries on)."""
     global write_errors, last_write_error
     write_errors += 1
+    shared = _node_errors
+    if shared is not None:
+        with shared.get_lock():
+            shared.value += 1
     last_write_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     logger.warning("task record not written (%s): %s", what, last_write_error)
 
 
-def guarded(handler: Callable[..., None]) -> Callable[..., None]:
+def write_error_count() -> int:
+    """Failed record writes of this worker node (main process and pool children), else of
+    this process alone (outside a worker)."""
+    shared = _node_errors
+    return int(shared.value) if shared is not None else write_errors
+
+
+def _share_error_count(**_: Any) -> None:
+    """worker_init, in the worker's main process before the pool forks."""
+    global _node_errors, _main_pid
+    if _node_errors is None:
+        import multiprocessing
+
+        _node_errors = multiprocessing.Value("q", write_errors)
+    _main_pid = os.getpid()
+
+
+def _transient(exc: Exception) -> bool:
+    """A database error that may go away in a moment: locked, restarting, connection lost."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def _write(url: str, handler: Callable[..., None], retry: bool, args: Any, kwargs: Any) -> None:
+    global _database_down
+    # Never in a worker's main process: a pause there would stall its event loop.
+    pauses = FINAL_WRITE_PAUSES_SECONDS if retry and os.getpid() != _main_pid else ()
+    if _database_down:
+        pauses = ()
+    started = time.monotonic()
+    for attempt in range(len(pauses) + 1):
+        try:
+            handler(url, *args, **kwargs)
+        except Exception as exc:
+            pause = pauses[attempt] if attempt < len(pauses) else None
+            budget_left = FINAL_WRITE_BUDGET_SECONDS - (time.monotonic() - started)
+            if (
+                pause is None
+                or not _transient(exc)
+                or pause + DB_LOCK_TIMEOUT_SECONDS > budget_left
+            ):
+                if pauses and _transient(exc):
+                    _database_down = True
+                note_write_error(handler.__name__, exc)
+                return
+            time.sleep(pause)
+        else:
+            if attempt:
+                logger.info("task record written after %d retries (%s)", attempt, handler.__name__)
+            _database_down = False
+            return
+
+
+def guarded(handler: Callable[..., None], *, retry: bool = False) -> Callable[..., None]:
+    """Run a record writer, isolating its failures; with *retry* (final states), transient
+    database errors are retried for a few seconds at most (see FINAL_WRITE_*)."""
+
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         url = get_settings().records_url
         if url is None:
             return
-        try:
-            handler(url, *args, **kwargs)
-        except Exception as exc:
-            note_write_error(handler.__name__, exc)
+        _write(url, handler, retry, args, kwargs)
 
     return wrapper
+
+
+def _final(handler: Callable[..., None]) -> Callable[..., None]:
+    return guarded(handler, retry=True)
 
 
 def _stamp_enqueued_at(headers: dict[str, Any] | None, **_: Any) -> None:
@@ -103,7 +183,7 @@ def _on_prerun(
     )
 
 
-@guarded
+@_final
 def _on_postrun(
     url: str, task_id: str, task: Any, retval: Any = None, state: str | None = None, **_: Any
 ) -> None:
@@ -111,7 +191,7 @@ def _on_postrun(
         store.record_succeeded(url, task_id=task_id, name=task.name, result=retval)
 
 
-@guarded
+@_final
 def _on_failure(
     url: str,
     sender: Any = None,
@@ -175,3 +255,4 @@ def connect() -> None:
     signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="appl-failure")
     signals.task_retry.connect(_on_retry, weak=False, dispatch_uid="appl-retry")
     signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="appl-revoked")
+    signals.worker_init.connect(_share_error_count, weak=False, dispatch_uid="appl-errors")

@@ -31,10 +31,21 @@ class RedisServer:
     db: int = 0
     password: str | None = None
     how: str = "redis-server"
+    # An ACL user (with *password*); None = the default user (requirepass).
+    username: str | None = None
+    # The CA of a TLS-only server: URLs are rediss:// and verify the server against it.
+    tls_ca: Path | None = None
 
-    def url(self, db: int | None = None) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/{self.db if db is None else db}"
+    def url(
+        self, db: int | None = None, *, username: str | None = None, password: str | None = None
+    ) -> str:
+        """A URL for database *db*, as this server's user or as *username*/*password*."""
+        user = self.username if username is None else username
+        secret = self.password if password is None else password
+        auth = f"{user or ''}:{secret}@" if secret else ""
+        scheme = "rediss" if self.tls_ca else "redis"
+        query = f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls_ca}" if self.tls_ca else ""
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db if db is None else db}{query}"
 
     @property
     def broker_url(self) -> str:
@@ -71,26 +82,77 @@ def _docker_answers() -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Generate a CA and a server certificate signed by it with the `openssl` CLI."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl not installed"
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.crt", directory / "ca.key"
+    cert, key, csr = directory / "server.crt", directory / "server.key", directory / "server.csr"
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=appliance test CA", "-keyout", str(ca_key), "-out", str(ca)],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(csr)],
+        ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)],
+    ]  # fmt: skip
+    for step in steps:
+        subprocess.run([openssl, *step], check=True, capture_output=True, timeout=60)
+    return TlsFiles(ca, cert, key)
+
+
 @contextmanager
 def local_redis_server(
-    workdir: Path, *extra: str, conf: Path | None = None, password: str | None = None
+    workdir: Path,
+    *extra: str,
+    conf: Path | None = None,
+    password: str | None = None,
+    username: str | None = None,
+    acl_users: tuple[str, ...] = (),
+    tls: TlsFiles | None = None,
 ) -> Iterator[tuple[RedisServer, subprocess.Popen[bytes]]]:
     """A redis-server process on a free loopback port, stopped on exit.
 
     A *password* goes into a config file, never onto the command line (`ps` shows that).
+    *acl_users* are ACL rules, one per user (e.g. "default off", "admin on >PW ~* &* +@all"),
+    written to the config file; then *username*/*password* are what the returned server
+    (the test's own client) logs in as, and no requirepass is set. With *tls* the server
+    listens on TLS only (plain port 0) and its URLs are rediss://.
     """
     binary = shutil.which("redis-server")
     assert binary, "redis-server not installed"
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    if password:
+    if password or acl_users:
         conf = conf or workdir / "auth.conf"
-        conf.write_text((conf.read_text() if conf.exists() else "") + f"requirepass {password}\n")
+        lines = [f"user {rule}" for rule in acl_users]
+        if password and not acl_users:
+            lines.append(f"requirepass {password}")
+        conf.write_text(
+            (conf.read_text() if conf.exists() else "") + "".join(f"{line}\n" for line in lines)
+        )
+        conf.chmod(0o600)
+    listen = ["--port", str(port)]
+    if tls:
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(tls.cert),
+                  "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
+                  "--tls-auth-clients", "no"]  # fmt: skip
     args = [
         binary,
         *([str(conf)] if conf else []),
-        "--port",
-        str(port),
+        *listen,
         "--bind",
         "127.0.0.1",
         "--save",
@@ -104,7 +166,9 @@ def local_redis_server(
         *extra,
     ]
     proc = subprocess.Popen(args, start_new_session=True)
-    server = RedisServer("127.0.0.1", port, password=password)
+    server = RedisServer(
+        "127.0.0.1", port, password=password, username=username, tls_ca=tls.ca if tls else None
+    )
     try:
 
         def up() -> bool:

@@ -57,8 +57,15 @@ def test_root_install_creates_the_tree_and_a_rerun_changes_nothing(
     assert env["APPLIANCE_RESULT_BACKEND"] == f"redis://:{password}@127.0.0.1:6379/1"
     assert env["APPLIANCE_DATABASE_URL"] == "sqlite:////var/lib/appliance/appliance.db"
     assert password not in out
+    # Secrets: the env file is 0640 root:appliance (chown is printed for the target system).
+    assert "chown root:appliance /etc/appliance/appliance.env" in out
     redis = (root / "etc/redis/appliance.conf").read_text()
     assert f"requirepass {password}" in redis and "maxmemory-policy noeviction" in redis
+    # The local Redis listens on loopback only, protected mode on.
+    assert "\nbind 127.0.0.1 -::1\n" in redis and "\nprotected-mode yes\n" in redis
+    assert [line for line in redis.splitlines() if line.startswith(("bind ", "port "))] == [
+        "bind 127.0.0.1 -::1"
+    ]
     assert "appendonly yes" in redis and "appendfsync everysec" in redis
     units = root / "etc/systemd/system"
     assert "TimeoutStopSec=390" in (units / "appliance-worker@.service").read_text()

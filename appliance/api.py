@@ -40,6 +40,20 @@ def _app() -> Any:
     return load_tasks()
 
 
+def checked_target(name: str, queue: str | None) -> tuple[Any, Settings]:
+    """The app and settings, once *name* is a known task and *queue* a configured queue."""
+    app = _app()
+    if name not in app.tasks:
+        raise _unknown_task(name)
+    settings = get_settings()
+    if queue is not None and queue not in settings.queues:
+        raise UnknownQueueError(
+            f"unknown queue {queue!r}; fix: use one of {', '.join(settings.queues)} "
+            "or add it to APPLIANCE_QUEUES"
+        )
+    return app, settings
+
+
 def _unknown_task(name: str) -> UnknownTaskError:
     return UnknownTaskError(
         f"unknown task {name!r}; fix: check the name (`appliance tasks names` lists them) "
@@ -70,15 +84,7 @@ def submit(
     BrokerUnavailableError; on any of them nothing is queued and no PENDING record is
     left behind.
     """
-    app = _app()
-    if name not in app.tasks:
-        raise _unknown_task(name)
-    settings = get_settings()
-    if queue is not None and queue not in settings.queues:
-        raise UnknownQueueError(
-            f"unknown queue {queue!r}; fix: use one of {', '.join(settings.queues)} "
-            "or add it to APPLIANCE_QUEUES"
-        )
+    app, settings = checked_target(name, queue)
     task = app.tasks[name]
     hard = time_limit or task.time_limit or settings.task_time_limit
     if soft_time_limit is not None or time_limit is not None:

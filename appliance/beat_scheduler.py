@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -58,10 +60,27 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
         self._status = ""
         self._ready = False
         self._closed = False
+        self._stopping = False
+        self._note_stop_signals()
         super().__init__(*args, **kwargs)
         # The leader renews on every tick, so a tick comes at least three times per TTL.
         limits = [self.max_interval, C.BEAT_MAX_LOOP_INTERVAL, self.lease_ttl / 3]
         self.max_interval = min(limits + ([self.watchdog] if self.watchdog else []))
+
+    def _note_stop_signals(self) -> None:
+        """Remember a SIGTERM/SIGINT before Celery's own handler (which raises SystemExit)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue
+
+            def noting(number: int, frame: Any, previous: Any = previous) -> None:
+                self._stopping = True
+                previous(number, frame)
+
+            signal.signal(signum, noting)
 
     @property
     def is_leader(self) -> bool:
@@ -72,7 +91,13 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
             self._warn_about_watchdog()
         try:
             interval = self._tick(*args, **kwargs)
-        except _REDIS_ERRORS as exc:
+        except Exception as exc:
+            if self._stopping:
+                # SIGTERM landed inside a Redis read: Celery's handler raised SystemExit
+                # there, and redis-py replaced it (e.g. ValueError) while closing the socket.
+                raise SystemExit() from None
+            if not isinstance(exc, _REDIS_ERRORS):
+                raise
             interval = self._unreachable(exc)
         if not self._ready:
             self._ready = True
@@ -209,16 +234,10 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
         return self._lease
 
     def _broker_redis(self) -> redis.Redis:
-        # kombu builds the pool from the broker URL and transport options, so sentinel://,
-        # rediss:// and the socket timeouts apply here exactly as for the broker.
-        connection = self.app.connection_for_write()
-        try:
-            pool = connection.channel().pool
-        except BaseException:
-            connection.release()
-            raise
-        self._connection = connection
-        return redis.Redis(connection_pool=pool)
+        from appliance.broker import on_kombu_pool
+
+        self._connection, client = on_kombu_pool(self.app)
+        return client
 
 
 def _leader_of(raw: bytes | str | None) -> str:

@@ -52,6 +52,22 @@ def connect(url: str, master_name: str | None = None, **kwargs: Any) -> redis.Re
     return master
 
 
+def on_kombu_pool(app: Any) -> tuple[Any, redis.Redis]:
+    """A kombu connection of *app* and a redis-py client on the pool kombu builds for it.
+
+    kombu builds that pool from the broker URL and transport options, so sentinel://,
+    rediss:// and the socket timeouts apply exactly as for the broker. Release the
+    connection when done with the client.
+    """
+    connection = app.connection_for_write()
+    try:
+        pool = connection.channel().pool
+    except BaseException:
+        connection.release()
+        raise
+    return connection, redis.Redis(connection_pool=pool)
+
+
 def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], Any]:
     """The (host, port) of each sentinel in a ``;``-joined URL, and the first item parsed."""
     items = [urlsplit(item.strip()) for item in url.split(";") if item.strip()]

@@ -11,18 +11,11 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from appliance.api import (
-    UnknownQueueError,
-    _app,
-    _first_line,
-    _publish_fix,
-    _unknown_task,
-    check_payload,
-)
+from appliance.api import _first_line, _publish_fix, check_payload, checked_target
 from appliance.errors import BrokerUnavailableError, SubmitOptionError
 from appliance.records import signals as record_signals
 from appliance.result_backend import no_subscription
-from appliance.settings import get_settings, mask_url
+from appliance.settings import mask_url
 
 CHUNK = 1000  # messages per Redis pipeline (and records per transaction)
 
@@ -65,15 +58,7 @@ def submit_many(
     one over APPLIANCE_MAX_PAYLOAD_BYTES; nothing submitted) or BulkSubmitError (Redis
     failed part-way: see its ids).
     """
-    app = _app()
-    if name not in app.tasks:
-        raise _unknown_task(name)
-    settings = get_settings()
-    if queue is not None and queue not in settings.queues:
-        raise UnknownQueueError(
-            f"unknown queue {queue!r}; fix: use one of {', '.join(settings.queues)} "
-            "or add it to APPLIANCE_QUEUES"
-        )
+    app, settings = checked_target(name, queue)
     parsed = [_call(item, index) for index, item in enumerate(calls)]
     for index, (args, kwargs) in enumerate(parsed):
         check_payload(settings, name, args, kwargs, what=f"call {index}: the arguments")

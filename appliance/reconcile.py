@@ -301,16 +301,9 @@ class RedisBroker:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import redis
+            from appliance.broker import on_kombu_pool
 
-            connection = self.app.connection_for_write()
-            try:
-                pool = connection.channel().pool
-            except BaseException:
-                connection.release()
-                raise
-            self._connection = connection
-            self._client = redis.Redis(connection_pool=pool)
+            self._connection, self._client = on_kombu_pool(self.app)
         return self._client
 
     def close(self) -> None:

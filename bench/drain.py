@@ -72,6 +72,9 @@ def contenders(server: RedisServer, workdir: Path) -> dict[str, Contender]:
     celery += ["-l", "warning"]
     return {
         "appliance": Contender("appliance", appliance, env, records=True),
+        "appliance-p4": Contender(
+            "appliance-p4", appliance, dict(env, APPLIANCE_PREFETCH_MULTIPLIER="4"), records=True
+        ),
         "appliance-norec": Contender(
             "appliance-norec", appliance, dict(env, APPLIANCE_RECORDS_ENABLED="false")
         ),
@@ -187,6 +190,39 @@ class DrainRun:
     bytes_per_task: float  # Redis used_memory growth per queued task
     enqueue_commands: float  # Redis commands per task while enqueueing
     drain_commands: float  # Redis commands per task while draining (bench polls excluded)
+    cpu_ms: float  # CPU of the worker's process tree per task while draining
+    redis_cpu_ms: float  # CPU of redis-server per task while draining
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of *pid*, its reaped children and its live descendants (from /proc)."""
+    total = 0.0
+    pending = [pid]
+    first = True
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # utime, stime (and, for the root, cutime + cstime of the children it reaped)
+        ticks = int(fields[11]) + int(fields[12])
+        if first:
+            ticks += int(fields[13]) + int(fields[14])
+            first = False
+        total += ticks / _TICK
+        pending += [int(c) for c in children]
+    return total
+
+
+def _redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _commands(client: Any) -> int:
@@ -242,6 +278,7 @@ def drain(server: RedisServer, contender: Contender, n: int, workdir: Path) -> D
                 raise RuntimeError(f"{contender.name} exited {worker.returncode}; see its log")
             time.sleep(0.002)
         started = time.perf_counter()
+        cpu_before, redis_before = tree_cpu(worker.pid), _redis_cpu(client)
         deadline = started + max(300.0, n / 20)
         while pending() > 0:
             if time.perf_counter() > deadline:
@@ -250,11 +287,18 @@ def drain(server: RedisServer, contender: Contender, n: int, workdir: Path) -> D
         if contender.records:
             wait_until(lambda: _records_done(workdir) >= n, 300, "records SUCCESS", 0.002)
         rate = n / (time.perf_counter() - started)
+        cpu_ms = (tree_cpu(worker.pid) - cpu_before) * 1000 / n
+        redis_cpu_ms = (_redis_cpu(client) - redis_before) * 1000 / n
     finally:
         stop(worker)
         log.close()
     return DrainRun(
-        rate, queued_bytes, enqueue_commands / n, (_commands(client) - enqueue_commands) / n
+        rate,
+        queued_bytes,
+        enqueue_commands / n,
+        (_commands(client) - enqueue_commands) / n,
+        cpu_ms,
+        redis_cpu_ms,
     )
 
 

@@ -85,7 +85,9 @@ def print_drain(runs: dict[str, list[D.DrainRun]], n: int) -> None:
             name,
             f"{median(values):.0f} tasks/s",
             ratio(median(values), ref),
-            f"vs Dramatiq {ratio(median(values), dramatiq)}; {runs_text(values)}",
+            f"vs Dramatiq {ratio(median(values), dramatiq)}; CPU per task: workers "
+            f"{median([r.cpu_ms for r in runs[name]]):.2f} ms, redis "
+            f"{median([r.redis_cpu_ms for r in runs[name]]):.3f} ms; {runs_text(values)}",
         )
         for name, values in rates.items()
     ]
@@ -257,7 +259,12 @@ def main() -> None:
                 )
         for name, rs in runs.items():
             rates = [r.rate for r in rs]
-            print(f"{name:24} {median(rates):8.0f} tasks/s  {runs_text(rates)}")
+            cpu = median([r.cpu_ms for r in rs])
+            rcpu = median([r.redis_cpu_ms for r in rs])
+            print(
+                f"{name:24} {median(rates):8.0f} tasks/s  CPU/task: worker {cpu:.2f} ms, "
+                f"redis {rcpu:.3f} ms  {runs_text(rates)}"
+            )
         return
     rows = {int(r) for r in args.rows.split(",")}
     started = time.monotonic()

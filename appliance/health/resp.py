@@ -9,9 +9,11 @@ sentinels for the master's address, then talks to that master.
 from __future__ import annotations
 
 import socket
-import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+if TYPE_CHECKING:  # ssl (and libssl) is imported only for a rediss:// URL: health stays small
+    import ssl
 
 # What a reply may claim before it is taken for garbage (not Redis on that port): no
 # reply the checks read comes near these (Redis's own proto-max-bulk-len is 512 MiB).
@@ -187,12 +189,12 @@ def master_url(
 
 
 _CERT_REQS = {
-    "required": ssl.CERT_REQUIRED,
-    "cert_required": ssl.CERT_REQUIRED,
-    "optional": ssl.CERT_OPTIONAL,
-    "cert_optional": ssl.CERT_OPTIONAL,
-    "none": ssl.CERT_NONE,
-    "cert_none": ssl.CERT_NONE,
+    "required": "CERT_REQUIRED",
+    "cert_required": "CERT_REQUIRED",
+    "optional": "CERT_OPTIONAL",
+    "cert_optional": "CERT_OPTIONAL",
+    "none": "CERT_NONE",
+    "cert_none": "CERT_NONE",
 }
 
 
@@ -202,6 +204,8 @@ def tls_context(query: str) -> ssl.SSLContext:
     ssl_ca_certs (a CA file; default: the system's CAs), ssl_certfile/ssl_keyfile (a
     client certificate) and ssl_check_hostname (true unless ssl_cert_reqs=none).
     """
+    import ssl
+
     params = {k: v[-1] for k, v in parse_qs(query).items()}
     reqs = params.get("ssl_cert_reqs", "required").lower()
     if reqs not in _CERT_REQS:
@@ -210,8 +214,9 @@ def tls_context(query: str) -> ssl.SSLContext:
     if params.get("ssl_certfile"):
         context.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile") or None)
     check_hostname = params.get("ssl_check_hostname", "true").lower() not in ("false", "0", "no")
-    context.check_hostname = check_hostname and _CERT_REQS[reqs] != ssl.CERT_NONE
-    context.verify_mode = _CERT_REQS[reqs]
+    verify_mode = ssl.VerifyMode[_CERT_REQS[reqs]]
+    context.check_hostname = check_hostname and verify_mode != ssl.CERT_NONE
+    context.verify_mode = verify_mode
     return context
 
 

@@ -94,7 +94,7 @@ class Broker(Protocol):
     def lock(self) -> Lock: ...
     def message_ids(self, queues: Sequence[str]) -> set[str]: ...
     def held_by_workers(self, ids: Sequence[str]) -> set[str]: ...
-    def result_ids(self, ids: Sequence[str]) -> set[str]: ...
+    def result_metas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
     def republish(self, record: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
@@ -109,6 +109,7 @@ class Report:
     in_broker: int = 0  # ... whose message is in a queue list or unacked
     held_by_workers: int = 0  # ... held in memory by a live worker
     has_result: int = 0  # ... with a result in the result backend
+    settled: list[str] = field(default_factory=list)  # ... whose record took that result
     moved_on: int = 0  # ... whose record left PENDING while we looked
     not_restorable: list[str] = field(default_factory=list)  # workflow members, bad args
     republished: list[str] = field(default_factory=list)  # (would be, in a dry run)
@@ -125,10 +126,53 @@ class Report:
         return (
             f"{verb} {len(self.republished)} of {self.pending} task(s) PENDING for over "
             f"{self.min_age:g}s; still in Redis: {self.in_broker}, held by workers: "
-            f"{self.held_by_workers}, with a result: {self.has_result}, started meanwhile: "
+            f"{self.held_by_workers}, with a result: {self.has_result} (records settled "
+            f"from it: {len(self.settled)}), started meanwhile: "
             f"{self.moved_on}, not restorable: {len(self.not_restorable)}"
             + (" (stopped: lost the lock)" if self.locked_out else "")
         )
+
+
+def _settle(
+    url: str,
+    records: list[dict[str, Any]],
+    metas: dict[str, dict[str, Any]],
+    report: Report,
+) -> None:
+    """Give a PENDING record the final state its result holds (its own writes failed, e.g.
+    during a database outage): once the result expires, the record alone would make the
+    next run re-publish a task that has already run."""
+    from appliance.records import store
+
+    for record in records:
+        meta = metas.get(record["id"]) or {}
+        status = meta.get("status")
+        try:
+            if status == "SUCCESS":
+                store.record_succeeded(
+                    url, task_id=record["id"], name=record["name"], result=meta.get("result")
+                )
+            elif status == "FAILURE":
+                result = meta.get("result")
+                error = (
+                    f"{result.get('exc_type', 'Error')}: {result.get('exc_message', '')}"
+                    if isinstance(result, dict)
+                    else str(result)
+                )
+                store.record_failed(
+                    url,
+                    task_id=record["id"],
+                    name=record["name"],
+                    error=error,
+                    traceback=meta.get("traceback"),
+                )
+            else:
+                continue
+        except Exception as exc:
+            logger.warning("record of %s not settled from its result: %s", record["id"], exc)
+            continue
+        report.settled.append(record["id"])
+        logger.info("record of %s settled from its result: %s", record["id"], status)
 
 
 def restorable(record: dict[str, Any]) -> str | None:
@@ -243,10 +287,12 @@ def _missing(
     held = broker.held_by_workers([r["id"] for r in suspects])
     report.held_by_workers = sum(1 for r in suspects if r["id"] in held)
     suspects = [r for r in suspects if r["id"] not in held]
-    results = broker.result_ids([r["id"] for r in suspects])
+    results = broker.result_metas([r["id"] for r in suspects])
     report.has_result = sum(1 for r in suspects if r["id"] in results)
-    suspects = [r for r in suspects if r["id"] not in results]
     url = settings.effective_database_url
+    if not report.dry_run:
+        _settle(url, [r for r in suspects if r["id"] in results], results, report)
+    suspects = [r for r in suspects if r["id"] not in results]
     with translate_errors(url):
         still = {r["id"] for r in store.list_pending_before(url, cutoff, limit=len(candidates))}
     report.moved_on = sum(1 for r in suspects if r["id"] not in still)
@@ -346,16 +392,25 @@ class RedisBroker:
         replies = inspect.query_task(*ids) or {}
         return {task_id for reply in replies.values() for task_id in (reply or {})}
 
-    def result_ids(self, ids: Sequence[str]) -> set[str]:
+    def result_metas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         backend = self.app.backend
         key_for = getattr(backend, "get_key_for_task", None)
         client = getattr(backend, "client", None)
         if key_for is None or client is None or not ids:
-            return set()
+            return {}
         pipe = client.pipeline(transaction=False)
         for task_id in ids:
-            pipe.exists(key_for(task_id))
-        return {task_id for task_id, n in zip(ids, pipe.execute(), strict=True) if n}
+            pipe.get(key_for(task_id))
+        metas: dict[str, dict[str, Any]] = {}
+        for task_id, raw in zip(ids, pipe.execute(), strict=True):
+            if raw is None:
+                continue
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                meta = None
+            metas[task_id] = meta if isinstance(meta, dict) else {}
+        return metas
 
     def republish(self, record: dict[str, Any]) -> None:
         queue = record["queue"] if record["queue"] in self.settings.queues else None

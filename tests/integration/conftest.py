@@ -11,7 +11,7 @@ import pytest
 from appliance.settings import get_settings
 from tests.helpers.postgres import session_postgres
 from tests.helpers.processes import ApplianceProcess
-from tests.helpers.redis_server import RedisServer, session_redis
+from tests.helpers.redis_server import RedisServer, local_redis_server, session_redis
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def postgres_url() -> Iterator[str]:
     with session_postgres() as url:
         yield url
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[RedisServer]:
+    """A second redis-server, outside every fault under test: the probe task's execution
+    tally (APPLIANCE_TEST_LEDGER_URL) for counting duplicates."""
+    with local_redis_server(tmp_path / "ledger") as (server, _proc):
+        yield server
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ import pytest
 import redis
 
 from appliance.records import store
+from tests.helpers.ledger import all_succeeded as _done
+from tests.helpers.ledger import statuses as _statuses
 from tests.helpers.load import publish_batch
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
 from tests.helpers.redis_server import RedisServer, local_redis_server
@@ -29,15 +31,6 @@ FAST_RECOVERY = {
     "APPLIANCE_TASK_SOFT_TIME_LIMIT": "4",
     "APPLIANCE_TASK_MODULES": "tests.integration.probe_tasks",
 }
-
-
-def _statuses(url: str, ids: list[str]) -> dict[str, str]:
-    found = {r["id"]: r["status"] for r in store.list_records(url, limit=10 * len(ids))}
-    return {task_id: found.get(task_id, "MISSING") for task_id in ids}
-
-
-def _done(url: str, ids: list[str]) -> Callable[[], bool]:
-    return lambda: all(s == "SUCCESS" for s in _statuses(url, ids).values())
 
 
 def _load_until_a_quarter_is_done(env: dict[str, str], url: str) -> list[str]:

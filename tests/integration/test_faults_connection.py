@@ -31,6 +31,8 @@ import redis
 
 from appliance import constants as C
 from appliance.records import store
+from tests.helpers.ledger import all_succeeded as _done
+from tests.helpers.ledger import statuses as _statuses
 from tests.helpers.load import publish_batch
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
 from tests.helpers.redis_server import RedisServer, local_redis_server
@@ -61,15 +63,6 @@ KILL_INTERVAL = 2.0
 Figures = Callable[[str, object], None]
 
 
-def _statuses(url: str, ids: list[str]) -> dict[str, str]:
-    found = {r["id"]: r["status"] for r in store.list_records(url, limit=10 * len(ids) + 100)}
-    return {task_id: found.get(task_id, "MISSING") for task_id in ids}
-
-
-def _done(url: str, ids: list[str]) -> Callable[[], bool]:
-    return lambda: all(s == "SUCCESS" for s in _statuses(url, ids).values())
-
-
 def _count(url: str, ids: list[str], status: str) -> int:
     return list(_statuses(url, ids).values()).count(status)
 
@@ -88,13 +81,6 @@ def _check_ledger(url: str, ledger: RedisServer, ids: list[str], record: Figures
     record("tasks", len(ids))
     record("lost", 0)
     record("duplicates", sum(n - 1 for n in tallies))
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[RedisServer]:
-    """A second redis-server for the probe tallies, outside every fault."""
-    with local_redis_server(tmp_path / "ledger") as (server, _proc):
-        yield server
 
 
 @pytest.fixture

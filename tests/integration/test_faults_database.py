@@ -33,18 +33,11 @@ from appliance.records.db import dispose_all
 from tests.helpers.load import publish_batch
 from tests.helpers.private_postgres import PrivateCluster, private_postgres
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
-from tests.helpers.redis_server import RedisServer, local_redis_server
+from tests.helpers.redis_server import RedisServer
 
 LOAD = 200
 AFTER = 20  # tasks published once the database is back
 TALLY_KEY = "appliance-test:tally"
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[RedisServer]:
-    """A second redis-server that only holds the probe task's execution tally."""
-    with local_redis_server(tmp_path / "ledger") as (server, _proc):
-        yield server
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from appliance import deadletter
 from appliance.records import store
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
-from tests.helpers.redis_server import RedisServer, local_redis_server
+from tests.helpers.redis_server import RedisServer
 
 LOAD = 300
 BOUND = 3  # APPLIANCE_MAX_WORKER_LOST in these tests
@@ -93,13 +93,6 @@ def _lost(url: str, ids: list[str]) -> list[str]:
 
 def _errors(url: str, ids: list[str]) -> list[str]:
     return [f"{i}: {r['error']}" for i, r in _records(url, ids).items() if r["error"]]
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[RedisServer]:
-    """A second redis-server, outside the faults under test, for the execution counts."""
-    with local_redis_server(tmp_path / "ledger") as (server, _):
-        yield server
 
 
 @pytest.fixture

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from appliance.records import store
+from tests.helpers.ledger import statuses as _statuses
 from tests.helpers.load import publish_batch
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
-from tests.helpers.redis_server import RedisServer, local_redis_server
+from tests.helpers.redis_server import RedisServer
 from tests.helpers.sentinel import SentinelGroup, sentinel_group
 
 LOAD = 200
@@ -59,13 +59,6 @@ with open(out, "a", buffering=1) as log:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server outside the Sentinel group that only holds the execution tally."""
-    with local_redis_server(tmp_path / "ledger") as (server, _proc):
-        yield server
-
-
-@pytest.fixture
 def group(tmp_path: Path) -> Iterator[SentinelGroup]:
     with sentinel_group(tmp_path / "sentinel") as started:
         yield started
@@ -85,11 +78,6 @@ def _env(base: dict[str, str], group: SentinelGroup, ledger: RedisServer) -> dic
         APPLIANCE_TASK_SOFT_TIME_LIMIT="4",
         APPLIANCE_RECONCILE_MIN_AGE="1",
     )
-
-
-def _statuses(url: str, ids: list[str]) -> dict[str, str]:
-    found = {r["id"]: r["status"] for r in store.list_records(url, limit=10 * len(ids) + 100)}
-    return {task_id: found.get(task_id, "MISSING") for task_id in ids}
 
 
 def _outcomes(path: Path) -> tuple[list[str], list[str]]:

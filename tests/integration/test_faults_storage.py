@@ -24,6 +24,8 @@ import pytest
 import redis
 
 from appliance.records import store
+from tests.helpers.ledger import all_succeeded as _done
+from tests.helpers.ledger import statuses as _statuses
 from tests.helpers.load import publish_batch
 from tests.helpers.processes import ApplianceProcess, free_port, run_cli, wait_until
 from tests.helpers.redis_server import RedisServer, local_redis_server
@@ -39,13 +41,6 @@ FAST_RECOVERY = {
 }
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[RedisServer]:
-    """A second redis-server that only holds the probe task's execution tally."""
-    with local_redis_server(tmp_path / "ledger") as (server, _proc):
-        yield server
-
-
 def _env(base: dict[str, str], broker: RedisServer, ledger: RedisServer) -> dict[str, str]:
     return dict(
         base,
@@ -54,15 +49,6 @@ def _env(base: dict[str, str], broker: RedisServer, ledger: RedisServer) -> dict
         APPLIANCE_RESULT_BACKEND=broker.backend_url,
         APPLIANCE_TEST_LEDGER_URL=ledger.url(0),
     )
-
-
-def _statuses(url: str, ids: list[str]) -> dict[str, str]:
-    found = {r["id"]: r["status"] for r in store.list_records(url, limit=10 * len(ids) + 100)}
-    return {task_id: found.get(task_id, "MISSING") for task_id in ids}
-
-
-def _done(url: str, ids: list[str]) -> Callable[[], bool]:
-    return lambda: all(s == "SUCCESS" for s in _statuses(url, ids).values())
 
 
 def _runs(ledger: RedisServer, ids: list[str]) -> dict[str, int]:

@@ -33,6 +33,7 @@ class FakeBroker:
         self.present: set[str] = set()
         self.held: set[str] = set()
         self.results: set[str] = set()
+        self.metas: dict[str, dict[str, Any]] = {}
         self.published: list[dict[str, Any]] = []
         self.scans = 0
         self.scanned_queues: list[str] = []
@@ -53,8 +54,8 @@ class FakeBroker:
     def held_by_workers(self, ids: Sequence[str]) -> set[str]:
         return self.held & set(ids)
 
-    def result_ids(self, ids: Sequence[str]) -> set[str]:
-        return self.results & set(ids)
+    def result_metas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {i: self.metas.get(i, {}) for i in self.results & set(ids)}
 
     def republish(self, record: dict[str, Any]) -> None:
         if self.before_publish:
@@ -343,3 +344,33 @@ def test_the_min_age_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("APPLIANCE_RECONCILE_MIN_AGE", "0")
     with pytest.raises(ConfigError, match="APPLIANCE_RECONCILE_MIN_AGE"):
         load_settings()
+
+
+def test_a_pending_record_whose_task_ran_takes_the_final_state_of_its_result(
+    settings: Settings,
+) -> None:
+    """Its record writes failed (a database outage): the result says what happened, so
+    the record is settled and never re-published, even once the result expires."""
+    url = settings.effective_database_url
+    for task_id in ("ran", "failed", "still-running"):
+        _pending(settings, task_id)
+    broker = FakeBroker()
+    broker.results = {"ran", "failed", "still-running"}
+    broker.metas = {
+        "ran": {"status": "SUCCESS", "result": 42},
+        "failed": {
+            "status": "FAILURE",
+            "result": {"exc_type": "KeyError", "exc_message": "'x'"},
+            "traceback": "Traceback ...",
+        },
+        "still-running": {"status": "STARTED"},
+    }
+    report = _run(settings, broker)
+    assert report.republished == [] and sorted(report.settled) == ["failed", "ran"]
+    ran, failed = store.get_record(url, "ran"), store.get_record(url, "failed")
+    assert ran is not None and (ran["status"], ran["result"]) == ("SUCCESS", 42)
+    assert failed is not None and failed["status"] == "FAILURE"
+    assert failed["error"] == "KeyError: 'x'"
+    assert (store.get_record(url, "still-running") or {})["status"] == "PENDING"
+    broker.results = set()  # the results expire: only the one still PENDING is a suspect
+    assert _run(settings, broker).republished == ["still-running"]

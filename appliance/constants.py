@@ -43,6 +43,10 @@ RESULT_EXPIRES_SECONDS = 24 * 3600
 # Stock kombu scans only every 10th call of a 10 s timer (100 s); we scan on every call.
 UNACKED_RESTORE_INTERVAL = 5
 UNACKED_RESTORE_THROTTLE = 1
+# kombu's restore sweep holds a mutex key in Redis; a sweep that fails half-way (Redis
+# refusing writes) cannot delete it, and stock kombu's 300 s expiry then stops every
+# worker's sweep for five minutes. A sweep takes well under a second.
+UNACKED_MUTEX_EXPIRE = 30
 
 # Socket timeouts (seconds) so a dead Redis socket never hangs a worker or a publisher.
 REDIS_SOCKET_TIMEOUT = 10.0

@@ -81,6 +81,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # Sweep for a dead worker's unacked messages every few seconds, not every 100 s.
             "unacked_restore_interval": C.UNACKED_RESTORE_INTERVAL,
             "unacked_restore_throttle": C.UNACKED_RESTORE_THROTTLE,
+            "unacked_mutex_expire": C.UNACKED_MUTEX_EXPIRE,
             **_redis_socket_options(),
             **_sentinel_options(settings, settings.broker_url),
         },

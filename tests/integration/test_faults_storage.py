@@ -326,6 +326,10 @@ def test_redis_disk_full_refuses_submits_clearly_and_loses_nothing_accepted(
                 30,
                 "Redis to write its AOF again",
             )
+            if "Unrecoverable error" in worker.output():
+                # The worker stops; its exit may wait up to the stop timeout for pool
+                # children blocked on a result pipe it no longer reads (then kills them).
+                wait_until(lambda: worker.proc.poll() is not None, 120, "the worker to exit")
             if worker.proc.poll() is not None:
                 # A refused ack stops the worker ("Unrecoverable error: ResponseError
                 # MISCONF ..."); it must exit non-zero so that systemd (Restart=on-failure)

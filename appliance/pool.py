@@ -40,11 +40,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
 from billiard import pool as billiard_pool
-from billiard.pool import CLOSE, EX_RECYCLE, READY, RUN, TERMINATE
+from billiard.pool import EX_RECYCLE, READY, RUN, TERMINATE
 from billiard.util import get_pdeathsig
 from celery import concurrency
 from celery.concurrency import asynpool, prefork
@@ -187,26 +188,22 @@ class RecyclingAsynPool(asynpool.AsynPool):  # type: ignore[misc]
         """billiard's join, bounded by the stop timeout (hard time limit plus a margin).
 
         After an unrecoverable error the event loop no longer reads the children's result
-        pipes: a child blocked writing a result into a full pipe never sees the stop
-        sentinel, and an unbounded join hung the worker's exit for good (found with Redis
-        refusing writes, fault row 10). A child still there at the deadline is killed; its
-        message is unacked, so Redis hands it out again.
+        pipes: a child blocked writing a result into a full pipe reads neither its job
+        pipe nor its stop sentinel, so the sentinel write and the join block, and the
+        worker never exited (found with Redis refusing writes, fault row 10). The join runs
+        in a thread; children still there at the deadline are killed, which unblocks it.
+        Their messages are unacked, so Redis hands them out again.
         """
         from appliance.settings import get_settings
 
-        # billiard's order: the handlers stop first (the task handler sends each child its
-        # stop sentinel), then the children are joined.
-        assert self._state in (CLOSE, TERMINATE)
-        billiard_pool.stop_if_not_current(self._worker_handler)
-        self._stop_task_handler(self._task_handler)
-        billiard_pool.stop_if_not_current(self._result_handler)
         timeout = float(get_settings().stop_timeout)
-        deadline = time.monotonic() + timeout
+        joiner = threading.Thread(target=self._join, name="pool-join", daemon=True)
+        joiner.start()
+        joiner.join(timeout)
+        if not joiner.is_alive():
+            return
         for proc in list(self._pool):
-            if proc._popen is None:
-                continue
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.exitcode is None:
+            if proc._popen is not None and proc.exitcode is None:
                 logger.warning(
                     "pool child %s did not stop within %gs (stop timeout); killing it",
                     proc.pid,
@@ -214,7 +211,13 @@ class RecyclingAsynPool(asynpool.AsynPool):  # type: ignore[misc]
                 )
                 with contextlib.suppress(OSError):
                     os.kill(proc.pid, signal.SIGKILL)
-                proc.join(5)
+        joiner.join(10)
+
+    def _join(self) -> None:
+        try:
+            super().join()
+        except Exception as exc:  # a pipe to a killed child: nothing left to wait for
+            logger.warning("pool join ended early: %s", exc)
 
     def create_result_handler(self) -> Any:
         handler = super().create_result_handler()

@@ -113,6 +113,12 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return TlsFiles(ca, cert, key)
 
 
+def loopback_args(workdir: Path) -> list[str]:
+    """redis-server arguments of every test server: loopback, no persistence, files in workdir."""
+    return ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir),
+            "--logfile", str(workdir / "redis.log")]  # fmt: skip
+
+
 @contextmanager
 def local_redis_server(
     workdir: Path,
@@ -153,16 +159,7 @@ def local_redis_server(
         binary,
         *([str(conf)] if conf else []),
         *listen,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-        "--logfile",
-        str(workdir / "redis.log"),
+        *loopback_args(workdir),
         *extra,
     ]
     proc = subprocess.Popen(args, start_new_session=True)

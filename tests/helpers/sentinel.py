@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from tests.helpers.processes import free_port, wait_until
+from tests.helpers.redis_server import loopback_args
 
 MASTER_NAME = "appliance"
 DOWN_AFTER_MS = 1000
@@ -74,21 +75,7 @@ def _start(args: list[str], what: str) -> subprocess.Popen[bytes]:
 
 def _server_args(workdir: Path, port: int, *extra: str) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
-    return [
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(workdir),
-        "--logfile",
-        str(workdir / "redis.log"),
-        *extra,
-    ]
+    return ["--port", str(port), *loopback_args(workdir), *extra]
 
 
 def _sentinel_conf(workdir: Path, port: int, master_port: int) -> Path:

@@ -5,23 +5,65 @@ non-JSON (or non-message) item raises there and the worker exits with "Unrecover
 error". These subclasses move such an item to the dead-letter store and carry on.
 They also keep one Redis client object per channel for the synchronous commands (kombu
 builds a new one for every delivered message and every ack).
+
+Ack-and-fetch (issue 7): with acks late, stock kombu spends three Redis round trips per
+message in the worker's main process - BRPOP, a MULTI/ZADD/HSET/EXEC to track the message
+as unacked, and a MULTI/ZREM/HDEL/EXEC to ack it - and the worker's main process is the
+bottleneck of a drain. Here an ack that frees a prefetch slot runs one Lua script that
+acks and, in the same step, pops the next message and tracks it as unacked: one round
+trip per message while the queues have work, and no moment where a popped message is
+tracked nowhere (stock BRPOP pops first and tracks after: a worker killed in between
+loses that message in Redis). BRPOP still waits when the queues are empty.
 `install()` points kombu's redis/rediss/sentinel aliases at them, so URL parsing,
 TLS and Sentinel stay exactly kombu's. _brpop_read and _get follow kombu 5.7.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
-from kombu.transport import TRANSPORT_ALIASES
+from kombu.asynchronous import get_event_loop
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 _MESSAGE_KEYS = ("body", "properties", "headers")
+
+# KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
+# ARGV: the delivery tag to ack ('' for none), the time to track the next message at.
+# Returns false (queues empty), or {list key, item, delivery tag}; the tag is '' when the
+# item is not a kombu message (left untracked for the caller to dead-letter). The unacked
+# entry is byte for byte what kombu's QoS.append writes: [message, exchange, routing_key].
+ACK_AND_FETCH = """
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+for i = 3, #KEYS do
+  local item = redis.call('RPOP', KEYS[i])
+  if item then
+    local ok, m = pcall(cjson.decode, item)
+    if ok and type(m) == 'table' and type(m['properties']) == 'table'
+        and m['body'] ~= nil and m['headers'] ~= nil then
+      local tag = m['properties']['delivery_tag']
+      local info = m['properties']['delivery_info']
+      if type(tag) == 'string' and tag ~= '' and type(info) == 'table' then
+        redis.call('ZADD', KEYS[1], ARGV[2], tag)
+        redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
+          .. ',' .. cjson.encode(info['routing_key']) .. ']')
+        return {KEYS[i], item, tag}
+      end
+    end
+    return {KEYS[i], item, ''}
+  end
+end
+return false
+"""
 
 
 def _decode(item: bytes) -> dict[str, Any] | None:
@@ -37,8 +79,28 @@ def _decode(item: bytes) -> dict[str, Any] | None:
     return payload
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, knowing the messages ack-and-fetch tracked already.
+
+    A fetched message holds its prefetch slot from the moment the script returns (an
+    entry without a message in ``_delivered``) until it is delivered on the next loop
+    turn; its append then skips the tracking round trip (the script did it).
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self._delivered and self._delivered[delivery_tag] is None:
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+    def reserve(self, delivery_tag: str) -> None:
+        self._delivered[delivery_tag] = None
+
+
 class _GarbageTolerant:
     """Mixin for kombu's Redis channels."""
+
+    QoS = QoS
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -84,6 +146,62 @@ class _GarbageTolerant:
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    # -- ack-and-fetch ----------------------------------------------------------------
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        qos = self.qos
+        if (
+            get_event_loop() is None  # not a worker's event loop: kombu's own ack
+            or self.__dict__.get("_delivering")  # an ack made while delivering the last fetch
+            or self._in_poll  # a BRPOP is out: it may deliver the next message itself
+            or self.global_keyprefix
+            or not self.active_queues
+            or (
+                qos.prefetch_count
+                and len(qos._delivered) - len(qos._dirty) - 1 >= qos.prefetch_count
+            )
+        ):
+            super().basic_ack(delivery_tag, multiple)
+            return
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        with self.conn_or_acquire() as client:
+            script = self.__dict__.get("_ack_and_fetch")
+            if script is None or script.registered_client is not client:
+                script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
+            fetched = script(
+                keys=[self.unacked_index_key, self.unacked_key, *keys],
+                args=[delivery_tag, time.time()],
+            )
+        virtual.QoS.ack(qos, delivery_tag)
+        if not fetched:
+            return
+        key, item, tag = fetched
+        dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(dest)
+        payload = _decode(item) if tag else None
+        if payload is None:
+            self._dead_letter(item, dest)
+            return
+        self._deliver_fetched(payload, dest, bytes_to_str(tag))
+
+    def _deliver_fetched(self, payload: dict[str, Any], queue: str, tag: str) -> None:
+        """Deliver a message ack-and-fetch took (tracked as unacked already), now: an ack
+        made on the way (a revoked or expired task is acked as it is received) is kombu's
+        plain ack, so a run of such messages never recurses."""
+        qos = self.qos
+        if self.closed or queue not in self.connection._callbacks:
+            # Nobody consumes it any more: back on its queue now, not at the visibility
+            # timeout.
+            qos.restore_by_tag(tag, leftmost=True)
+            return
+        qos.reserve(tag)
+        self._delivering = True
+        try:
+            self.connection._deliver(payload, queue)
+        finally:
+            self._delivering = False
 
     def _get(self, queue: str) -> dict[str, Any]:
         with self.conn_or_acquire() as client:

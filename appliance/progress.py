@@ -22,6 +22,7 @@ def report(task: Any, current: int, total: int, message: str | None = None) -> i
         task.update_state(state="PROGRESS", meta=meta)
     except Exception as exc:
         logger.warning("progress not stored in the result backend: %s", exc)
+    record_signals.flush_started(task.request.id)
     guarded = record_signals.guarded(
         lambda url: store.record_progress(
             url, task_id=task.request.id, percent=percent, message=message

@@ -76,6 +76,8 @@ def broker_progressing(consumer: Any, now: float | None = None) -> bool:
     cycle = getattr(getattr(connection, "transport", None), "cycle", None)
     now = time.monotonic() if now is None else now
     for channel in getattr(cycle, "_channels", ()) or ():
+        if not getattr(channel, "_in_poll", None):
+            continue  # no BRPOP out (all prefetch slots busy, or ack-and-fetch at work)
         sent_at = getattr(channel, "_brpop_sent_at", None)
         timeout = getattr(channel, "brpop_timeout", None) or 1
         if sent_at is not None and now - sent_at > timeout + BRPOP_GRACE_SECONDS:

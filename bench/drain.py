@@ -94,6 +94,12 @@ def contenders(server: RedisServer, workdir: Path) -> dict[str, Contender]:
             dict(env, BENCH_DURABLE="1"),
             queue="celery",
         ),
+        "celery-durable-solo2": Contender(
+            "celery-durable-solo2",
+            ["sh", "-c", 'trap "kill 0" TERM; "$@" & "$@" & wait', "solo2", *celery, "-P", "solo"],
+            dict(env, BENCH_DURABLE="1"),
+            queue="celery",
+        ),
         "dramatiq": Contender(
             "dramatiq",
             [str(VENV_BIN / "dramatiq"), "bench._dramatiq_app", "-p", "2"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -18,7 +19,11 @@ from typing import Any
 from celery import signals
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from appliance.constants import DB_LOCK_TIMEOUT_SECONDS, ENQUEUED_AT_HEADER
+from appliance.constants import (
+    DB_LOCK_TIMEOUT_SECONDS,
+    ENQUEUED_AT_HEADER,
+    RECORD_STARTED_DELAY_SECONDS,
+)
 from appliance.records import store
 from appliance.settings import get_settings
 
@@ -164,22 +169,99 @@ def _on_publish(
     )
 
 
-@guarded
-def _on_prerun(
-    url: str, task_id: str, task: Any, args: Any = None, kwargs: Any = None, **_: Any
-) -> None:
+class DeferredStarted:
+    """The STARTED writes of running tasks, made only once a task has run for *delay* s.
+
+    A task that ends sooner gets one record write, its final state carrying the STARTED
+    fields (started_at, worker, retries) with it, instead of two. A task that runs longer
+    shows STARTED as before, written by a daemon thread of this process. `take` hands a
+    task's STARTED fields to its final write, or waits while the thread is writing them so
+    the final state always lands last. One instance per process (a pool child's thread is
+    started after the fork, on its first task).
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._cond = threading.Condition()
+        self._due: dict[str, tuple[float, str, dict[str, Any]]] = {}
+        self._writing: str | None = None
+        self._owner: int | None = None  # pid whose thread runs
+
+    def add(self, task_id: str, url: str, fields: dict[str, Any]) -> None:
+        if self.delay <= 0:
+            _write(url, store.record_started, False, (), fields)
+            return
+        with self._cond:
+            if self._owner != os.getpid():
+                self._due.clear()  # inherited from a parent across fork: not ours to write
+                self._writing = None
+                self._owner = os.getpid()
+                threading.Thread(target=self._run, name="records-started", daemon=True).start()
+            self._due[task_id] = (time.monotonic() + self.delay, url, fields)
+            self._cond.notify()
+
+    def take(self, task_id: str) -> dict[str, Any] | None:
+        """The STARTED fields of *task_id* if not written yet (they are then never written
+        apart); None once written."""
+        with self._cond:
+            while self._writing == task_id:
+                self._cond.wait()
+            entry = self._due.pop(task_id, None)
+        return entry[2] if entry else None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._due:
+                    self._cond.wait()
+                    continue
+                task_id, (due, url, fields) = min(self._due.items(), key=lambda kv: kv[1][0])
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                del self._due[task_id]
+                self._writing = task_id
+            try:
+                _write(url, store.record_started, False, (), fields)
+            finally:
+                with self._cond:
+                    self._writing = None
+                    self._cond.notify_all()
+
+
+started_writes = DeferredStarted(RECORD_STARTED_DELAY_SECONDS)
+
+
+def flush_started(task_id: str) -> None:
+    """Write *task_id*'s deferred STARTED now (before a progress write, which must not be
+    followed by a STARTED)."""
+    fields = started_writes.take(task_id)
+    url = get_settings().records_url
+    if fields and url is not None:
+        _write(url, store.record_started, False, (), fields)
+
+
+def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+    url = get_settings().records_url
+    if url is None:
+        return
     request = task.request
-    store.record_started(
+    started_writes.add(
+        task_id,
         url,
-        task_id=task_id,
-        name=task.name,
-        args=list(args) if args is not None else None,
-        kwargs=kwargs,
-        queue=(request.delivery_info or {}).get("routing_key"),
-        worker=request.hostname,
-        retries=request.retries or 0,
-        parent_id=request.parent_id,
-        root_id=request.root_id,
+        {
+            "task_id": task_id,
+            "name": task.name,
+            "args": list(args) if args is not None else None,
+            "kwargs": kwargs,
+            "queue": (request.delivery_info or {}).get("routing_key"),
+            "worker": request.hostname,
+            "retries": request.retries or 0,
+            "parent_id": request.parent_id,
+            "root_id": request.root_id,
+            "started_at": store.now(),
+        },
     )
 
 
@@ -188,7 +270,13 @@ def _on_postrun(
     url: str, task_id: str, task: Any, retval: Any = None, state: str | None = None, **_: Any
 ) -> None:
     if state == "SUCCESS":
-        store.record_succeeded(url, task_id=task_id, name=task.name, result=retval)
+        store.record_succeeded(
+            url,
+            task_id=task_id,
+            name=task.name,
+            result=retval,
+            started=started_writes.take(task_id),
+        )
 
 
 @_final
@@ -207,6 +295,7 @@ def _on_failure(
         name=getattr(sender, "name", "") or "",
         error=error,
         traceback=str(einfo) if einfo else None,
+        started=started_writes.take(task_id or ""),
     )
 
 
@@ -225,6 +314,7 @@ def _on_retry(
         name=getattr(sender, "name", "") or "",
         error=error,
         retries=(request.retries or 0) + 1,
+        started=started_writes.take(request.id),
     )
 
 

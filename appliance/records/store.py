@@ -202,27 +202,47 @@ def record_started(
     retries: int,
     parent_id: str | None = None,
     root_id: str | None = None,
+    started_at: datetime | None = None,
 ) -> None:
-    """Mark a task STARTED on *worker*."""
-    _update_or_insert(
-        url,
-        task_id,
-        {
-            "status": "STARTED",
-            "started_at": now(),
-            "worker": worker,
-            "retries": retries,
-            "finished_at": None,
-        },
+    """Mark a task STARTED on *worker* (never over a final state: a deferred STARTED write
+    may come after the task ended, see records.signals.DeferredStarted)."""
+    values, defaults = _started_fields(
         {
             "name": name,
-            "args": jsonable(args),
-            "kwargs": jsonable(kwargs),
+            "args": args,
+            "kwargs": kwargs,
             "queue": queue,
+            "worker": worker,
+            "retries": retries,
             "parent_id": parent_id,
             "root_id": root_id,
-        },
+            "started_at": started_at or now(),
+        }
     )
+    _update_or_insert(url, task_id, {"status": "STARTED", **values}, defaults, unless_final=True)
+
+
+def _started_fields(started: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The columns a STARTED write sets, and those it fills only in a new row, from the
+    keyword arguments of `record_started` (none when *started* is None)."""
+    if not started:
+        return {}, {}
+    values = {
+        "started_at": started.get("started_at") or now(),
+        "worker": started.get("worker"),
+        "retries": started.get("retries") or 0,
+        "finished_at": None,
+    }
+    defaults = {
+        "args": jsonable(started.get("args")),
+        "kwargs": jsonable(started.get("kwargs")),
+        "queue": started.get("queue"),
+        "parent_id": started.get("parent_id"),
+        "root_id": started.get("root_id"),
+    }
+    if started.get("name"):
+        defaults["name"] = started["name"]
+    return values, defaults
 
 
 def record_progress(url: str, *, task_id: str, percent: int, message: str | None) -> None:
@@ -235,45 +255,74 @@ def record_progress(url: str, *, task_id: str, percent: int, message: str | None
         )
 
 
-def record_succeeded(url: str, *, task_id: str, name: str, result: Any) -> None:
-    """Mark a task SUCCESS with its result."""
-    stamp = now()
+def record_succeeded(
+    url: str, *, task_id: str, name: str, result: Any, started: dict[str, Any] | None = None
+) -> None:
+    """Mark a task SUCCESS with its result; *started* (the keyword arguments of
+    `record_started`, when that write was deferred) is written in the same statement."""
+    values, defaults = _started_fields(started)
     _update_or_insert(
         url,
         task_id,
         {
+            **values,
             "status": "SUCCESS",
             "result": jsonable(result),
             "progress": 100,
-            "finished_at": stamp,
+            "finished_at": now(),
             "error": None,
             "traceback": None,
         },
-        {"name": name},
+        {**defaults, "name": name},
     )
 
 
-def record_failed(url: str, *, task_id: str, name: str, error: str, traceback: str | None) -> None:
-    """Mark a task FAILURE with its error and traceback."""
+def record_failed(
+    url: str,
+    *,
+    task_id: str,
+    name: str,
+    error: str,
+    traceback: str | None,
+    started: dict[str, Any] | None = None,
+) -> None:
+    """Mark a task FAILURE with its error and traceback (*started*: see record_succeeded)."""
+    values, defaults = _started_fields(started)
     _update_or_insert(
         url,
         task_id,
-        {"status": "FAILURE", "error": error, "traceback": traceback, "finished_at": now()},
-        {"name": name},
+        {
+            **values,
+            "status": "FAILURE",
+            "error": error,
+            "traceback": traceback,
+            "finished_at": now(),
+        },
+        {**defaults, "name": name},
     )
 
 
-def record_retry(url: str, *, task_id: str, name: str, error: str, retries: int) -> None:
+def record_retry(
+    url: str,
+    *,
+    task_id: str,
+    name: str,
+    error: str,
+    retries: int,
+    started: dict[str, Any] | None = None,
+) -> None:
     """Mark a task RETRY: the count of retries so far and the error that caused this one.
 
     The retry message is published before this is written, so the next attempt may
     already have finished on another child: a final state is never overwritten.
+    (*started*: see record_succeeded.)
     """
+    values, defaults = _started_fields(started)
     _update_or_insert(
         url,
         task_id,
-        {"status": "RETRY", "error": error, "retries": retries},
-        {"name": name},
+        {**values, "status": "RETRY", "error": error, "retries": retries},
+        {**defaults, "name": name},
         unless_final=True,
     )
 

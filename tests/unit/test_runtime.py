@@ -81,3 +81,23 @@ def test_start_celery_returns_the_command_exit_code() -> None:
     finally:
         celery.commands.pop("stops")
         celery.commands.pop("returns")
+
+
+def test_broker_progress_judges_only_a_brpop_that_is_out() -> None:
+    """All prefetch slots busy (long tasks, or ack-and-fetch under load) means no BRPOP is
+    out: its old send time must not withhold the watchdog ping."""
+    from types import SimpleNamespace
+
+    from appliance.worker_step import BRPOP_GRACE_SECONDS, broker_progressing
+
+    def consumer(in_poll: object, sent_at: float | None) -> SimpleNamespace:
+        channel = SimpleNamespace(_in_poll=in_poll, _brpop_sent_at=sent_at, brpop_timeout=1)
+        cycle = SimpleNamespace(_channels=[channel])
+        return SimpleNamespace(
+            connection=SimpleNamespace(connected=True, transport=SimpleNamespace(cycle=cycle))
+        )
+
+    overdue = 100.0 - 1 - BRPOP_GRACE_SECONDS - 0.5
+    assert broker_progressing(consumer(None, overdue), now=100.0)
+    assert not broker_progressing(consumer(object(), overdue), now=100.0)
+    assert broker_progressing(consumer(object(), 99.0), now=100.0)

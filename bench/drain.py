@@ -13,8 +13,10 @@ flushed before each run, and 2 worker processes:
 Drain: N no-op tasks are enqueued first; then the worker starts. The clock runs from the
 first message leaving the queue to the moment every message is acked (and, for the
 appliance with records, every record is SUCCESS). Redis is polled every 2 ms.
-Experiments (not in the default rows): celery-durable-p8 (prefetch multiplier 8) and
-celery-durable-threads (`-P threads -c 8`), for the topology questions.
+Experiments (not in the default rows): celery-durable-p8 (prefetch multiplier 8),
+celery-durable-threads (`-P threads -c 8`) and celery-durable-solo2 (two `-P solo`
+workers: a consumer in every process, tasks run where they are fetched, no pool IPC),
+for the topology questions; appliance-p4 (prefetch multiplier 4).
 """
 
 from __future__ import annotations

@@ -127,6 +127,33 @@ def test_watchdog_pings_stop_while_the_broker_connection_is_stuck(
             worker.terminate(timeout=60)
 
 
+def test_watchdog_keeps_pinging_while_long_tasks_hold_every_prefetch_slot(
+    api_env: dict[str, str], peer: NotifyPeer, tmp_path: Path
+) -> None:
+    """No BRPOP is out while the only slot runs a long task: the age of the last BRPOP
+    sent must not withhold the pings (it did before issue 7: systemd killed a worker whose
+    children all ran tasks longer than WatchdogSec)."""
+    worker = ApplianceProcess(
+        ["worker", "-c", "1"], _notify_env(api_env, peer), tmp_path / "worker.log"
+    )
+    try:
+        worker.wait_for_output(" ready.")
+        task_id = appliance.submit("demo.sleep", args=[10])
+        wait_until(
+            lambda: (appliance.get_task(task_id) or {}).get("status") == "STARTED", 30, "STARTED"
+        )
+        started = time.monotonic()
+        assert api.wait(task_id, 60) == 10
+        ended = time.monotonic()
+        pings = [t for t in peer.times("WATCHDOG", "1") if started - 1 <= t <= ended]
+        assert ended - started > 8 and len(pings) >= 6, (ended - started, pings)
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        assert max(gaps) < WATCHDOG_USEC / 1e6, gaps
+        assert "watchdog ping withheld" not in worker.output()
+    finally:
+        worker.terminate(timeout=60)
+
+
 def test_heartbeat_key_reports_the_node_and_disappears_on_clean_stop(
     appliance_env: dict[str, str], clean_redis: RedisServer, tmp_path: Path
 ) -> None:

@@ -64,8 +64,9 @@ PUBLISH_SOCKET_TIMEOUT = 2.0
 # A record write waits at most this long for a locked SQLite file or a slow
 # PostgreSQL before it is counted as failed; the task itself goes on regardless.
 DB_LOCK_TIMEOUT_SECONDS = 2.0
-# A task's record turns STARTED only once it has run this long; a shorter task gets one
-# record write (its final state, with started_at) instead of two (issue 7).
+# A task's record turns STARTED once it has run this long (looked at every as long, so
+# within twice this); a shorter task gets one record write (its final state, with
+# started_at) instead of two (issue 7).
 RECORD_STARTED_DELAY_SECONDS = 0.2
 DB_CONNECT_TIMEOUT_SECONDS = 3
 

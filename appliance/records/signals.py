@@ -197,8 +197,9 @@ class DeferredStarted:
                 self._writing = None
                 self._owner = os.getpid()
                 threading.Thread(target=self._run, name="records-started", daemon=True).start()
+            # No notify: the thread looks every *delay* seconds (waking it for every task
+            # cost a thread switch per task).
             self._due[task_id] = (time.monotonic() + self.delay, url, fields)
-            self._cond.notify()
 
     def take(self, task_id: str) -> dict[str, Any] | None:
         """The STARTED fields of *task_id* if not written yet (they are then never written
@@ -210,24 +211,24 @@ class DeferredStarted:
         return entry[2] if entry else None
 
     def _run(self) -> None:
+        """Every *delay* s, write the STARTED of each task running for *delay* s or more (so
+        a task shows STARTED between *delay* and twice *delay* after it started)."""
         while True:
-            with self._cond:
-                if not self._due:
-                    self._cond.wait()
-                    continue
-                task_id, (due, url, fields) = min(self._due.items(), key=lambda kv: kv[1][0])
-                wait = due - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                del self._due[task_id]
-                self._writing = task_id
-            try:
-                _write(url, store.record_started, False, (), fields)
-            finally:
+            time.sleep(self.delay)
+            while True:
+                now = time.monotonic()
                 with self._cond:
-                    self._writing = None
-                    self._cond.notify_all()
+                    due = [tid for tid, entry in self._due.items() if entry[0] <= now]
+                    if not due:
+                        break
+                    _, url, fields = self._due.pop(due[0])
+                    self._writing = due[0]
+                try:
+                    _write(url, store.record_started, False, (), fields)
+                finally:
+                    with self._cond:
+                        self._writing = None
+                        self._cond.notify_all()
 
 
 started_writes = DeferredStarted(RECORD_STARTED_DELAY_SECONDS)

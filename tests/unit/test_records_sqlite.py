@@ -176,3 +176,69 @@ def test_a_late_retry_write_never_overwrites_the_next_attempts_final_state(db_ur
     )
     record = store.get_record(db_url, "r1")
     assert record is not None and (record["status"], record["retries"]) == ("SUCCESS", 2)
+
+
+def _started(worker: str = "w1@host") -> dict[str, object]:
+    return {
+        "task_id": "d1",
+        "name": "demo.add",
+        "args": [1, 2],
+        "kwargs": {},
+        "queue": "default",
+        "worker": worker,
+        "retries": 0,
+        "parent_id": None,
+        "root_id": None,
+        "started_at": store.now(),
+    }
+
+
+def test_a_short_task_gets_one_write_with_its_started_fields(db_url: str) -> None:
+    from appliance.records.signals import DeferredStarted
+
+    store.record_published(
+        db_url, task_id="d1", name="demo.add", args=[1, 2], kwargs={}, queue="default"
+    )
+    deferred = DeferredStarted(delay=30.0)  # never due within this test
+    deferred.add("d1", db_url, _started())
+    fields = deferred.take("d1")
+    assert fields is not None and deferred.take("d1") is None
+    assert store.get_record(db_url, "d1")["status"] == "PENDING"  # type: ignore[index]
+    store.record_succeeded(db_url, task_id="d1", name="demo.add", result=3, started=fields)
+    record = store.get_record(db_url, "d1")
+    assert record is not None
+    assert (record["status"], record["result"], record["worker"]) == ("SUCCESS", 3, "w1@host")
+    assert record["finished_at"] >= record["started_at"] >= record["created_at"]
+
+
+def test_a_long_task_shows_started_and_its_final_state_lands_last(db_url: str) -> None:
+    from appliance.records.signals import DeferredStarted
+    from tests.helpers.processes import wait_until
+
+    store.record_published(
+        db_url, task_id="d1", name="demo.add", args=[1, 2], kwargs={}, queue="default"
+    )
+    deferred = DeferredStarted(delay=0.05)
+    deferred.add("d1", db_url, _started())
+    wait_until(
+        lambda: (store.get_record(db_url, "d1") or {}).get("status") == "STARTED",
+        10,
+        "the deferred STARTED write",
+        0.01,
+    )
+    assert deferred.take("d1") is None  # written already: the final write carries nothing
+    store.record_succeeded(db_url, task_id="d1", name="demo.add", result=3, started=None)
+    # A STARTED that comes late (a redelivered copy, a slow thread) never undoes it.
+    store.record_started(
+        db_url,
+        task_id="d1",
+        name="demo.add",
+        args=[1, 2],
+        kwargs={},
+        queue="default",
+        worker="w2@host",
+        retries=0,
+    )
+    record = store.get_record(db_url, "d1")
+    assert record is not None
+    assert (record["status"], record["worker"]) == ("SUCCESS", "w1@host")

@@ -20,6 +20,7 @@ TLS and Sentinel stay exactly kombu's. _brpop_read and _get follow kombu 5.7.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,14 +33,29 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from appliance import result_with_ack
+from appliance.result_backend import STORE_UNLESS_SUCCESS_BODY
+
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
-# KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
-# ARGV: the delivery tag to ack ('' for none), the time to track the next message at.
-# Returns false (queues empty), or {list key, item, delivery tag}; the tag is '' when the
-# item is not a kombu message (left untracked for the caller to dead-letter). The unacked
-# entry is byte for byte what kombu's QoS.append writes: [message, exchange, routing_key].
-ACK_AND_FETCH = """
+# KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them
+# (none: ack without fetching). ARGV: the delivery tag to ack ('' for none), the time to
+# track the next message at; then a result to store first ('' for none; see
+# appliance/result_with_ack.py): key, encoded value, expiry, the backend's database, the
+# broker's database. Returns false (nothing fetched), or {list key, item, delivery tag};
+# the tag is '' when the item is not a kombu message (left untracked for the caller to
+# dead-letter). The unacked entry is byte for byte what kombu's QoS.append writes:
+# [message, exchange, routing_key].
+ACK_AND_FETCH = (
+    """
+if ARGV[3] ~= '' then
+  redis.call('SELECT', ARGV[6])
+  local rkey, rvalue, rexpires = ARGV[3], ARGV[4], ARGV[5]
+"""
+    + STORE_UNLESS_SUCCESS_BODY
+    + """
+  redis.call('SELECT', ARGV[7])
+end
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -64,6 +80,7 @@ for i = 3, #KEYS do
 end
 return false
 """
+)
 
 
 def _decode(item: bytes) -> dict[str, Any] | None:
@@ -97,10 +114,17 @@ class QoS(kombu_redis.QoS):
         self._delivered[delivery_tag] = None
 
 
+def result_backend_store(key: Any, value: Any) -> None:
+    from appliance.result_backend import store_encoded
+
+    store_encoded(key, value)
+
+
 class _GarbageTolerant:
     """Mixin for kombu's Redis channels."""
 
     QoS = QoS
+    _results_for_ack: dict[str, tuple[Any, Any]] | None = None
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -149,9 +173,18 @@ class _GarbageTolerant:
 
     # -- ack-and-fetch ----------------------------------------------------------------
 
+    @property
+    def results_for_ack(self) -> dict[str, tuple[Any, Any]]:
+        """Results to store with the ack of these delivery tags (result_with_ack)."""
+        found = self.__dict__.get("_results_for_ack")
+        if found is None:
+            found = self._results_for_ack = {}
+        return found
+
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         qos = self.qos
-        if (
+        result = self.results_for_ack.pop(delivery_tag, None) if self._results_for_ack else None
+        fetch = not (
             get_event_loop() is None  # not a worker's event loop: kombu's own ack
             or self.__dict__.get("_delivering")  # an ack made while delivering the last fetch
             or self._in_poll  # a BRPOP is out: it may deliver the next message itself
@@ -161,19 +194,36 @@ class _GarbageTolerant:
                 qos.prefetch_count
                 and len(qos._delivered) - len(qos._dirty) - 1 >= qos.prefetch_count
             )
-        ):
+        )
+        target = result_with_ack.target()
+        if (result is None or target is None) and not fetch:
+            if result is not None:
+                result_backend_store(*result)
             super().basic_ack(delivery_tag, multiple)
             return
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        keys = []
+        if fetch:
+            queues = self._queue_cycle.consume(len(self.active_queues))
+            keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        store: list[Any] = ["", "", 0, 0, 0]
+        if result is not None and target is not None:
+            store = [*result, target.expires, target.backend_db, target.broker_db]
         with self.conn_or_acquire() as client:
             script = self.__dict__.get("_ack_and_fetch")
             if script is None or script.registered_client is not client:
                 script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
-            fetched = script(
-                keys=[self.unacked_index_key, self.unacked_key, *keys],
-                args=[delivery_tag, time.time()],
-            )
+            try:
+                fetched = script(
+                    keys=[self.unacked_index_key, self.unacked_key, *keys],
+                    args=[delivery_tag, time.time(), *store],
+                )
+            except Exception:
+                if result is not None:
+                    # As when the child stored it: the result is kept (the backend
+                    # retries through a blip) even though this ack failed.
+                    with contextlib.suppress(Exception):
+                        result_backend_store(*result)
+                raise
         virtual.QoS.ack(qos, delivery_tag)
         if not fetched:
             return

@@ -74,6 +74,11 @@ DB_CONNECT_TIMEOUT_SECONDS = 3
 # TimeoutStopSec, supervisord stopwaitsecs): time to ack, write records and exit.
 STOP_TIMEOUT_MARGIN_SECONDS = 30
 
+# A worker whose shutdown has not ended this long after its pool stopped exits anyway
+# (exit code SHUTDOWN_HUNG), so that systemd or supervisord restart it: what is left then
+# (closing connections, restoring unacked messages) takes a second or two.
+SHUTDOWN_AFTER_POOL_SECONDS = 30.0
+
 # State directory defaults, in order: systemd's $STATE_DIRECTORY, the system
 # directory when it exists and is writable, else the user's XDG state home.
 SYSTEM_STATE_DIR = "/var/lib/appliance"

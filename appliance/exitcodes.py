@@ -12,6 +12,7 @@ USAGE = 2  # bad command-line argument or bad --args/--kwargs JSON (click's own 
 UNKNOWN_TASK = 65  # no task of that name is registered (EX_DATAERR)
 NOT_FOUND = 66  # no such task record (EX_NOINPUT)
 BROKER_UNAVAILABLE = 69  # Redis unreachable or refusing writes (EX_UNAVAILABLE)
+SHUTDOWN_HUNG = 70  # worker: its shutdown hung after the pool stopped; forced exit (EX_SOFTWARE)
 MISSING_PROGRAM = 72  # a program the command needs is not installed (EX_OSFILE)
 DATABASE_UNAVAILABLE = 74  # the task-record database is unreachable (EX_IOERR)
 TIMEOUT = 75  # submit --wait: the task did not finish in time (EX_TEMPFAIL)

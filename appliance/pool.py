@@ -53,6 +53,7 @@ from celery.signals import worker_before_create_process
 
 from appliance import constants as C
 from appliance import result_with_ack
+from appliance.exitcodes import SHUTDOWN_HUNG
 from appliance.recycling import RecyclePolicy, RecycleReason, check_fresh_child, jittered_limit
 
 logger = logging.getLogger("appliance.pool")
@@ -164,6 +165,26 @@ class RecyclingWorker(asynpool.Worker):  # type: ignore[misc]
         return True
 
 
+def _exit_unless_done_within(seconds: float) -> None:
+    """Arm a last resort for a worker whose shutdown hangs once its pool has stopped
+    (seen after an unrecoverable error, fault row 10: the worker stayed up, consuming
+    nothing, and under supervisord nothing restarted it). A daemon timer: a worker that
+    exits in time never sees it."""
+
+    def give_up() -> None:
+        logger.critical(
+            "worker shutdown still not done %gs after the pool stopped; exiting (%d)",
+            seconds,
+            SHUTDOWN_HUNG,
+        )
+        logging.shutdown()
+        os._exit(SHUTDOWN_HUNG)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+
+
 class RecyclingAsynPool(asynpool.AsynPool):  # type: ignore[misc]
     """AsynPool whose children are replaced without blocking or stalling the worker."""
 
@@ -203,6 +224,7 @@ class RecyclingAsynPool(asynpool.AsynPool):  # type: ignore[misc]
         joiner = threading.Thread(target=self._join, name="pool-join", daemon=True)
         joiner.start()
         joiner.join(timeout)
+        _exit_unless_done_within(C.SHUTDOWN_AFTER_POOL_SECONDS)
         if not joiner.is_alive():
             return
         for proc in list(self._pool):

@@ -119,6 +119,9 @@ def add_chord(self: Any, *pairs: list[Any]) -> Any:
     return self.replace(chord([add.s(x, y) for x, y in pairs], total.s()))
 
 
+ERRBACK_WAIT_SECONDS = 10.0
+
+
 @app.task(name="demo.on_error", bind=True)
 def on_error(self: Any, task_id: str | None = None) -> dict[str, Any]:
     """An error callback (``link_error``): return which task failed and why.
@@ -129,7 +132,13 @@ def on_error(self: Any, task_id: str | None = None) -> dict[str, Any]:
     from celery.result import AsyncResult
 
     failed_id = task_id or self.request.parent_id
-    exc = AsyncResult(failed_id, app=app).result
+    failed = AsyncResult(failed_id, app=app)
+    # Celery publishes a chord's error callbacks before it stores the ChordError: this
+    # may run first. Wait (bounded) for the failure it reports to be stored.
+    deadline = time.monotonic() + ERRBACK_WAIT_SECONDS
+    while failed.state == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    exc = failed.result
     error = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
     name = None
     try:

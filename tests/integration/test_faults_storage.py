@@ -329,9 +329,10 @@ def test_redis_disk_full_refuses_submits_clearly_and_loses_nothing_accepted(
             if "Unrecoverable error" in worker.output():
                 # The worker stops; its exit may wait up to the stop timeout for pool
                 # children blocked on a result pipe it no longer reads (then kills them).
-                # KNOWN BUG (README): its shutdown can still hang after that; systemd's
-                # watchdog restarts such a worker (it makes no progress). The test does
-                # what the watchdog does and reports it as a figure.
+                # KNOWN BUG (README): a later shutdown step can still hang; the pool's last
+                # resort then exits 70 (SHUTDOWN_HUNG) 30 s after the pool stopped. A
+                # worker still up after that is killed, as systemd's watchdog would, and
+                # reported as a figure.
                 try:
                     wait_until(lambda: worker.proc.poll() is not None, 90, "the worker to exit")
                 except AssertionError:

@@ -101,3 +101,26 @@ def test_broker_progress_judges_only_a_brpop_that_is_out() -> None:
     assert broker_progressing(consumer(None, overdue), now=100.0)
     assert not broker_progressing(consumer(object(), overdue), now=100.0)
     assert broker_progressing(consumer(object(), 99.0), now=100.0)
+
+
+def test_a_worker_whose_shutdown_hangs_after_the_pool_stopped_exits_70() -> None:
+    """The last resort armed when the pool has stopped: a process still alive at the
+    deadline exits with SHUTDOWN_HUNG (so systemd/supervisord restart it)."""
+    import subprocess
+    import sys
+    import time
+
+    from appliance.exitcodes import SHUTDOWN_HUNG
+
+    code = (
+        "import logging, time\n"
+        "logging.basicConfig()\n"
+        "from appliance.pool import _exit_unless_done_within\n"
+        "_exit_unless_done_within(0.3)\n"
+        "time.sleep(60)  # a shutdown step that never returns\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == SHUTDOWN_HUNG == 70, done.stderr
+    assert time.monotonic() - started < 20
+    assert "worker shutdown still not done" in done.stderr

@@ -13,7 +13,9 @@ bottleneck of a drain. Here an ack that frees a prefetch slot runs one Lua scrip
 acks and, in the same step, pops the next message and tracks it as unacked: one round
 trip per message while the queues have work, and no moment where a popped message is
 tracked nowhere (stock BRPOP pops first and tracks after: a worker killed in between
-loses that message in Redis). BRPOP still waits when the queues are empty.
+loses that message in Redis). BRPOP still waits when the queues are empty. The same
+script stores the task's SUCCESS result first when the pool child left it to the ack
+(appliance/result_with_ack.py).
 `install()` points kombu's redis/rediss/sentinel aliases at them, so URL parsing,
 TLS and Sentinel stay exactly kombu's. _brpop_read and _get follow kombu 5.7.
 """
@@ -34,7 +36,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from appliance import result_with_ack
-from appliance.result_backend import STORE_UNLESS_SUCCESS_BODY
+from appliance.result_backend import STORE_UNLESS_SUCCESS_BODY, store_encoded
 
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
@@ -99,9 +101,9 @@ def _decode(item: bytes) -> dict[str, Any] | None:
 class QoS(kombu_redis.QoS):
     """kombu's Redis QoS, knowing the messages ack-and-fetch tracked already.
 
-    A fetched message holds its prefetch slot from the moment the script returns (an
-    entry without a message in ``_delivered``) until it is delivered on the next loop
-    turn; its append then skips the tracking round trip (the script did it).
+    A fetched message holds its prefetch slot (an entry without a message in
+    ``_delivered``) until it is delivered, right after the script returns; its append
+    then skips the tracking round trip (the script did it).
     """
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -112,12 +114,6 @@ class QoS(kombu_redis.QoS):
 
     def reserve(self, delivery_tag: str) -> None:
         self._delivered[delivery_tag] = None
-
-
-def result_backend_store(key: Any, value: Any) -> None:
-    from appliance.result_backend import store_encoded
-
-    store_encoded(key, value)
 
 
 class _GarbageTolerant:
@@ -198,7 +194,7 @@ class _GarbageTolerant:
         target = result_with_ack.target()
         if (result is None or target is None) and not fetch:
             if result is not None:
-                result_backend_store(*result)
+                store_encoded(*result)
             super().basic_ack(delivery_tag, multiple)
             return
         keys = []
@@ -222,7 +218,7 @@ class _GarbageTolerant:
                     # As when the child stored it: the result is kept (the backend
                     # retries through a blip) even though this ack failed.
                     with contextlib.suppress(Exception):
-                        result_backend_store(*result)
+                        store_encoded(*result)
                 raise
         virtual.QoS.ack(qos, delivery_tag)
         if not fetched:

@@ -55,6 +55,7 @@ from appliance import constants as C
 from appliance import result_with_ack
 from appliance.exitcodes import SHUTDOWN_HUNG
 from appliance.recycling import RecyclePolicy, RecycleReason, check_fresh_child, jittered_limit
+from appliance.result_backend import store_encoded
 
 logger = logging.getLogger("appliance.pool")
 
@@ -88,7 +89,7 @@ class _AnnouncingQueue:
                 log("replacing pool child %d: %s", self._pid, reason.describe())
                 self._queue.put((RETIRING, (self._pid,)))
         if is_result:
-            message = result_with_ack.attach(message, _store_encoded)
+            message = result_with_ack.attach(message, store_encoded)
         self._queue.put(message)
         if is_result:
             self._worker.tasks_done += 1
@@ -307,12 +308,6 @@ class RecyclingAsynPool(asynpool.AsynPool):  # type: ignore[misc]
             hub.call_later(delay * 2, self._reap_later, hub, proc, delay * 2)
 
 
-def _store_encoded(key: Any, value: Any) -> None:
-    from appliance.result_backend import store_encoded
-
-    store_encoded(key, value)
-
-
 class TaskPool(prefork.TaskPool):  # type: ignore[misc]
     """Celery's prefork TaskPool running :class:`RecyclingAsynPool`; a task's SUCCESS
     result comes back to be stored with its ack (appliance/result_with_ack.py)."""
@@ -326,5 +321,5 @@ class TaskPool(prefork.TaskPool):  # type: ignore[misc]
     def apply_async(self, target: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         callback = options.get("callback")
         if callback is not None and result_with_ack.target() is not None:
-            options["callback"] = result_with_ack.wrap_callback(callback, _store_encoded)
+            options["callback"] = result_with_ack.wrap_callback(callback, store_encoded)
         return super().apply_async(target, args, kwargs, **options)

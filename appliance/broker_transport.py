@@ -13,16 +13,13 @@ bottleneck of a drain. Here an ack that frees a prefetch slot runs one Lua scrip
 acks and, in the same step, pops the next message and tracks it as unacked: one round
 trip per message while the queues have work, and no moment where a popped message is
 tracked nowhere (stock BRPOP pops first and tracks after: a worker killed in between
-loses that message in Redis). BRPOP still waits when the queues are empty. The same
-script stores the task's SUCCESS result first when the pool child left it to the ack
-(appliance/result_with_ack.py).
+loses that message in Redis). BRPOP still waits when the queues are empty.
 `install()` points kombu's redis/rediss/sentinel aliases at them, so URL parsing,
 TLS and Sentinel stay exactly kombu's. _brpop_read and _get follow kombu 5.7.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,29 +32,14 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from appliance import result_with_ack
-from appliance.result_backend import STORE_UNLESS_SUCCESS_BODY, store_encoded
-
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
-# KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them
-# (none: ack without fetching). ARGV: the delivery tag to ack ('' for none), the time to
-# track the next message at; then a result to store first ('' for none; see
-# appliance/result_with_ack.py): key, encoded value, expiry, the backend's database, the
-# broker's database. Returns false (nothing fetched), or {list key, item, delivery tag};
-# the tag is '' when the item is not a kombu message (left untracked for the caller to
-# dead-letter). The unacked entry is byte for byte what kombu's QoS.append writes:
-# [message, exchange, routing_key].
-ACK_AND_FETCH = (
-    """
-if ARGV[3] ~= '' then
-  redis.call('SELECT', ARGV[6])
-  local rkey, rvalue, rexpires = ARGV[3], ARGV[4], ARGV[5]
-"""
-    + STORE_UNLESS_SUCCESS_BODY
-    + """
-  redis.call('SELECT', ARGV[7])
-end
+# KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
+# ARGV: the delivery tag to ack ('' for none), the time to track the next message at.
+# Returns false (queues empty), or {list key, item, delivery tag}; the tag is '' when the
+# item is not a kombu message (left untracked for the caller to dead-letter). The unacked
+# entry is byte for byte what kombu's QoS.append writes: [message, exchange, routing_key].
+ACK_AND_FETCH = """
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -82,7 +64,6 @@ for i = 3, #KEYS do
 end
 return false
 """
-)
 
 
 def _decode(item: bytes) -> dict[str, Any] | None:
@@ -101,9 +82,9 @@ def _decode(item: bytes) -> dict[str, Any] | None:
 class QoS(kombu_redis.QoS):
     """kombu's Redis QoS, knowing the messages ack-and-fetch tracked already.
 
-    A fetched message holds its prefetch slot (an entry without a message in
-    ``_delivered``) until it is delivered, right after the script returns; its append
-    then skips the tracking round trip (the script did it).
+    A fetched message holds its prefetch slot from the moment the script returns (an
+    entry without a message in ``_delivered``) until it is delivered on the next loop
+    turn; its append then skips the tracking round trip (the script did it).
     """
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -120,7 +101,6 @@ class _GarbageTolerant:
     """Mixin for kombu's Redis channels."""
 
     QoS = QoS
-    _results_for_ack: dict[str, tuple[Any, Any]] | None = None
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -169,18 +149,9 @@ class _GarbageTolerant:
 
     # -- ack-and-fetch ----------------------------------------------------------------
 
-    @property
-    def results_for_ack(self) -> dict[str, tuple[Any, Any]]:
-        """Results to store with the ack of these delivery tags (result_with_ack)."""
-        found = self.__dict__.get("_results_for_ack")
-        if found is None:
-            found = self._results_for_ack = {}
-        return found
-
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         qos = self.qos
-        result = self.results_for_ack.pop(delivery_tag, None) if self._results_for_ack else None
-        fetch = not (
+        if (
             get_event_loop() is None  # not a worker's event loop: kombu's own ack
             or self.__dict__.get("_delivering")  # an ack made while delivering the last fetch
             or self._in_poll  # a BRPOP is out: it may deliver the next message itself
@@ -190,36 +161,19 @@ class _GarbageTolerant:
                 qos.prefetch_count
                 and len(qos._delivered) - len(qos._dirty) - 1 >= qos.prefetch_count
             )
-        )
-        target = result_with_ack.target()
-        if (result is None or target is None) and not fetch:
-            if result is not None:
-                store_encoded(*result)
+        ):
             super().basic_ack(delivery_tag, multiple)
             return
-        keys = []
-        if fetch:
-            queues = self._queue_cycle.consume(len(self.active_queues))
-            keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
-        store: list[Any] = ["", "", 0, 0, 0]
-        if result is not None and target is not None:
-            store = [*result, target.expires, target.backend_db, target.broker_db]
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         with self.conn_or_acquire() as client:
             script = self.__dict__.get("_ack_and_fetch")
             if script is None or script.registered_client is not client:
                 script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
-            try:
-                fetched = script(
-                    keys=[self.unacked_index_key, self.unacked_key, *keys],
-                    args=[delivery_tag, time.time(), *store],
-                )
-            except Exception:
-                if result is not None:
-                    # As when the child stored it: the result is kept (the backend
-                    # retries through a blip) even though this ack failed.
-                    with contextlib.suppress(Exception):
-                        store_encoded(*result)
-                raise
+            fetched = script(
+                keys=[self.unacked_index_key, self.unacked_key, *keys],
+                args=[delivery_tag, time.time()],
+            )
         virtual.QoS.ack(qos, delivery_tag)
         if not fetched:
             return

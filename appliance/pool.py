@@ -52,10 +52,8 @@ from celery.concurrency import asynpool, prefork
 from celery.signals import worker_before_create_process
 
 from appliance import constants as C
-from appliance import result_with_ack
 from appliance.exitcodes import SHUTDOWN_HUNG
 from appliance.recycling import RecyclePolicy, RecycleReason, check_fresh_child, jittered_limit
-from appliance.result_backend import store_encoded
 
 logger = logging.getLogger("appliance.pool")
 
@@ -88,8 +86,6 @@ class _AnnouncingQueue:
                 log = logger.warning if reason.kind == "memory" else logger.info
                 log("replacing pool child %d: %s", self._pid, reason.describe())
                 self._queue.put((RETIRING, (self._pid,)))
-        if is_result:
-            message = result_with_ack.attach(message, store_encoded)
         self._queue.put(message)
         if is_result:
             self._worker.tasks_done += 1
@@ -309,17 +305,6 @@ class RecyclingAsynPool(asynpool.AsynPool):  # type: ignore[misc]
 
 
 class TaskPool(prefork.TaskPool):  # type: ignore[misc]
-    """Celery's prefork TaskPool running :class:`RecyclingAsynPool`; a task's SUCCESS
-    result comes back to be stored with its ack (appliance/result_with_ack.py)."""
+    """Celery's prefork TaskPool running :class:`RecyclingAsynPool`."""
 
     Pool = RecyclingAsynPool
-
-    def on_start(self) -> None:
-        result_with_ack.enable(self.app)  # before the children fork: they inherit it
-        super().on_start()
-
-    def apply_async(self, target: Any, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        callback = options.get("callback")
-        if callback is not None and result_with_ack.target() is not None:
-            options["callback"] = result_with_ack.wrap_callback(callback, store_encoded)
-        return super().apply_async(target, args, kwargs, **options)

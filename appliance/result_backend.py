@@ -22,8 +22,6 @@ from celery.app import backends
 from celery.backends import redis as celery_redis
 from celery.exceptions import BackendStoreError
 
-from appliance import result_with_ack
-
 _subscribe = ContextVar("appliance_subscribe_on_publish", default=True)
 
 
@@ -45,29 +43,22 @@ class _SubscribeOnWait:
 
 # Store a task's state unless it is SUCCESS already, and announce it to waiting clients.
 # Celery's own store takes two round trips per state (GET, then a SET + PUBLISH pipeline);
-# this takes one, with the same guard against a redelivered task overwriting a success. A
-# value that is not JSON (never written by us) is overwritten as Celery would. The body
-# expects the locals rkey, rvalue, rexpires; the ack's script embeds it too
-# (broker_transport.ACK_AND_FETCH, see appliance/result_with_ack.py).
-STORE_UNLESS_SUCCESS_BODY = """
-local stored = redis.call('GET', rkey)
-local keep = false
-if stored then
-  local ok, meta = pcall(cjson.decode, stored)
-  keep = ok and type(meta) == 'table' and meta['status'] == 'SUCCESS'
+# this script takes one, with the same guard against a redelivered task overwriting a
+# success. A value that is not JSON (never written by us) is overwritten as Celery would.
+_STORE_UNLESS_SUCCESS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
 end
-if not keep then
-  if tonumber(rexpires) > 0 then
-    redis.call('SET', rkey, rvalue, 'EX', rexpires)
-  else
-    redis.call('SET', rkey, rvalue)
-  end
-  redis.call('PUBLISH', rkey, rvalue)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
 end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
 """
-_STORE_UNLESS_SUCCESS = (
-    "local rkey, rvalue, rexpires = KEYS[1], ARGV[1], ARGV[2]\n" + STORE_UNLESS_SUCCESS_BODY
-)
 
 
 class _StoreInOneTrip:
@@ -90,10 +81,7 @@ class _StoreInOneTrip:
             raise BackendStoreError(
                 "value too large for Redis backend", state=state, task_id=task_id
             )
-        key = self.get_key_for_task(task_id)
-        if result_with_ack.defer(task_id, state, request, key, value):
-            return result  # the worker's main process stores it with the ack
-        self.ensure(self._store_unless_success, (key, value))
+        self.ensure(self._store_unless_success, (self.get_key_for_task(task_id), value))
         return result
 
     def _store_unless_success(self: Any, key: bytes | str, value: str | bytes) -> None:
@@ -109,14 +97,6 @@ class RedisBackend(_SubscribeOnWait, _StoreInOneTrip, celery_redis.RedisBackend)
 
 class SentinelBackend(_SubscribeOnWait, _StoreInOneTrip, celery_redis.SentinelBackend):  # type: ignore[misc]
     pass
-
-
-def store_encoded(key: Any, value: Any) -> None:
-    """Store an encoded result now, from this process (the rare paths of result_with_ack)."""
-    from appliance.celery_app import app
-
-    backend = app.backend
-    backend.ensure(backend._store_unless_success, (key, value))
 
 
 def install() -> None:

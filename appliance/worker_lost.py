@@ -38,7 +38,7 @@ from billiard.exceptions import WorkerLostError
 from celery import signals
 from celery.worker import state as worker_state
 
-from appliance import deadletter, result_with_ack
+from appliance import deadletter
 from appliance.constants import KEY_PREFIX
 from appliance.consumer import raw_of
 from appliance.records import signals as record_signals
@@ -115,16 +115,7 @@ def _unwrap(exc: Any) -> Any:
 
 
 class Request(CountingRequest):
-    """Celery's Request (counting outcomes) with a bound on redeliveries after lost children.
-
-    Its ack also carries the task's SUCCESS result when the pool child left it to the ack
-    (appliance/result_with_ack.py).
-    """
-
-    def acknowledge(self) -> None:
-        if not self.acknowledged:
-            result_with_ack.hand_to_ack(self)
-        super().acknowledge()
+    """Celery's Request (counting outcomes) with a bound on redeliveries after lost children."""
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False

@@ -1,5 +1,5 @@
-"""Ack-and-fetch (appliance/broker_transport.py): one Lua round trip stores a task's
-result, acks its message and tracks the next, on a real redis-server with a real worker.
+"""Ack-and-fetch (appliance/broker_transport.py): one Lua round trip acks a message and
+tracks the next, on a real redis-server with a real worker.
 
 What must hold: a loaded queue drains without kombu's per-message BRPOP and MULTI/EXEC
 pipelines; at every moment each accepted message is on a queue list, in `unacked`, or
@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import appliance
 from appliance import constants as C
 from appliance import deadletter
 from appliance.celery_app import app
 from tests.helpers.processes import wait_until
-from tests.helpers.redis_server import RedisServer, local_redis_server
+from tests.helpers.redis_server import RedisServer
 from tests.integration.conftest import WorkerFactory
 
 
@@ -106,34 +105,3 @@ def test_garbage_and_revoked_messages_inside_a_loaded_queue(
     assert not any((appliance.get_task(i) or {}).get("status") == "SUCCESS" for i in revoked), (
         "a revoked task ran"
     )
-
-
-def test_results_ride_with_the_ack_on_the_brokers_server_and_elsewhere_come_from_the_child(
-    api_env: dict[str, str],
-    clean_redis: RedisServer,
-    start_worker: WorkerFactory,
-    tmp_path: Path,
-) -> None:
-    client = clean_redis.client()
-    ids = appliance.submit_many("demo.add", [{"args": [i, 2]} for i in range(100)])
-    client.config_resetstat()
-    worker = start_worker(api_env, "-c", "2")
-    wait_until(lambda: _done(ids), 120, "100 tasks SUCCESS")
-    assert [app.AsyncResult(i).get(timeout=10) for i in ids] == [i + 2 for i in range(100)]
-    selects = int(client.info("commandstats").get("cmdstat_select", {}).get("calls", 0))
-    assert selects >= 2 * 100  # the ack's script stored each result (backend db, and back)
-    worker.terminate(timeout=60)
-
-    # Results on another server: the pool child stores them, as stock Celery does.
-    with local_redis_server(tmp_path / "results") as (results, _proc):
-        env = dict(api_env, APPLIANCE_RESULT_BACKEND=results.backend_url)
-        more = appliance.submit_many("demo.add", [{"args": [i, 3]} for i in range(20)])
-        client.config_resetstat()
-        start_worker(env, "-c", "2")
-        wait_until(lambda: _done(more), 120, "20 tasks SUCCESS")
-        stored = results.client(results.db + 1)
-        metas = [json.loads(stored.get(f"celery-task-meta-{i}") or "{}") for i in more]
-        assert [(m.get("status"), m.get("result")) for m in metas] == [
-            ("SUCCESS", i + 3) for i in range(20)
-        ]
-        assert "cmdstat_select" not in client.info("commandstats")

@@ -184,8 +184,9 @@ def test_chaos_soak_loses_nothing_accepted(
                 "the queue and the unacked set to empty",
             )
             # kombu pops with BRPOP and records the message as unacked in a second command:
-            # a worker SIGKILLed between the two loses that message in Redis. Its record
-            # stays PENDING, and the reconciler (beat runs it every minute) re-publishes it.
+            # a worker SIGKILLed between the two loses that message in Redis (only at idle
+            # since ack-and-fetch). Its record stays PENDING, and the reconciler (beat runs
+            # it every minute) re-publishes it.
             reconciled = run_cli(env, "tasks", "reconcile", "--min-age", "1", "--json")
             assert reconciled.returncode == 0, reconciled.stderr
             republished = len(json.loads(reconciled.stdout)["republished"])
@@ -193,6 +194,7 @@ def test_chaos_soak_loses_nothing_accepted(
         finally:
             producer.kill()
             producer.wait()
+            producer_out.close()  # also when a wait above failed (no unraisable warning later)
             worker.terminate(timeout=60)
             redis_proc.send_signal(signal.SIGCONT)
             if redis_proc is not proc:

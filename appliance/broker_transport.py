@@ -82,9 +82,9 @@ def _decode(item: bytes) -> dict[str, Any] | None:
 class QoS(kombu_redis.QoS):
     """kombu's Redis QoS, knowing the messages ack-and-fetch tracked already.
 
-    A fetched message holds its prefetch slot from the moment the script returns (an
-    entry without a message in ``_delivered``) until it is delivered on the next loop
-    turn; its append then skips the tracking round trip (the script did it).
+    A fetched message holds its prefetch slot (an entry without a message in
+    ``_delivered``) from just before it is delivered, which follows the script at once;
+    its append then skips the tracking round trip (the script did it).
     """
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -132,20 +132,28 @@ class _GarbageTolerant:
                 raise
             if not dest__item:
                 raise Empty()
-            dest, item = dest__item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(dest)
-            payload = _decode(item)
-            if payload is None:
-                self._dead_letter(item, dest)
-                return True
-            self.connection._deliver(payload, dest)
+            dest, payload = self._popped(*dest__item)
+            if payload is not None:
+                self.connection._deliver(payload, dest)
             return True
         finally:
             self._in_poll = None
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
+
+    def _popped(
+        self, list_key: bytes, item: bytes, message: bool = True
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The queue of *list_key* (a priority step's list) and the message in *item*, as
+        BRPOP or ack-and-fetch took it; None (the item dead-lettered) for garbage, or when
+        *message* is False (ack-and-fetch's script could not track it)."""
+        dest = bytes_to_str(list_key).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(dest)
+        payload = _decode(item) if message else None
+        if payload is None:
+            self._dead_letter(item, dest)
+        return dest, payload
 
     # -- ack-and-fetch ----------------------------------------------------------------
 
@@ -166,9 +174,9 @@ class _GarbageTolerant:
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        with self.conn_or_acquire() as client:
+        with self.conn_or_acquire() as client:  # the channel's one client, see above
             script = self.__dict__.get("_ack_and_fetch")
-            if script is None or script.registered_client is not client:
+            if script is None:
                 script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
             fetched = script(
                 keys=[self.unacked_index_key, self.unacked_key, *keys],
@@ -178,13 +186,9 @@ class _GarbageTolerant:
         if not fetched:
             return
         key, item, tag = fetched
-        dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
-        self._queue_cycle.rotate(dest)
-        payload = _decode(item) if tag else None
-        if payload is None:
-            self._dead_letter(item, dest)
-            return
-        self._deliver_fetched(payload, dest, bytes_to_str(tag))
+        dest, payload = self._popped(key, item, message=bool(tag))
+        if payload is not None:
+            self._deliver_fetched(payload, dest, bytes_to_str(tag))
 
     def _deliver_fetched(self, payload: dict[str, Any], queue: str, tag: str) -> None:
         """Deliver a message ack-and-fetch took (tracked as unacked already), now: an ack

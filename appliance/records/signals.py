@@ -169,6 +169,11 @@ def _on_publish(
     )
 
 
+def _write_started(url: str, fields: dict[str, Any]) -> None:
+    """A STARTED write (fields: the keyword arguments of store.record_started)."""
+    _write(url, store.record_started, False, (), fields)
+
+
 class DeferredStarted:
     """The STARTED writes of running tasks, made only once a task has run for *delay* s.
 
@@ -189,7 +194,7 @@ class DeferredStarted:
 
     def add(self, task_id: str, url: str, fields: dict[str, Any]) -> None:
         if self.delay <= 0:
-            _write(url, store.record_started, False, (), fields)
+            _write_started(url, fields)
             return
         with self._cond:
             if self._owner != os.getpid():
@@ -224,7 +229,7 @@ class DeferredStarted:
                     _, url, fields = self._due.pop(due[0])
                     self._writing = due[0]
                 try:
-                    _write(url, store.record_started, False, (), fields)
+                    _write_started(url, fields)
                 finally:
                     with self._cond:
                         self._writing = None
@@ -240,7 +245,7 @@ def flush_started(task_id: str) -> None:
     fields = started_writes.take(task_id)
     url = get_settings().records_url
     if fields and url is not None:
-        _write(url, store.record_started, False, (), fields)
+        _write_started(url, fields)
 
 
 def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **_: Any) -> None:

@@ -229,16 +229,7 @@ def test_a_long_task_shows_started_and_its_final_state_lands_last(db_url: str) -
     assert deferred.take("d1") is None  # written already: the final write carries nothing
     store.record_succeeded(db_url, task_id="d1", name="demo.add", result=3, started=None)
     # A STARTED that comes late (a redelivered copy, a slow thread) never undoes it.
-    store.record_started(
-        db_url,
-        task_id="d1",
-        name="demo.add",
-        args=[1, 2],
-        kwargs={},
-        queue="default",
-        worker="w2@host",
-        retries=0,
-    )
+    store.record_started(db_url, **_started(worker="w2@host"))  # type: ignore[arg-type]
     record = store.get_record(db_url, "d1")
     assert record is not None
     assert (record["status"], record["worker"]) == ("SUCCESS", "w1@host")

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
+from celery.worker import state as worker_state
 from kombu.asynchronous import get_event_loop
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
@@ -33,6 +34,15 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 _MESSAGE_KEYS = ("body", "properties", "headers")
+
+# Set in a consumer process (tasks run inline, where they are fetched: the consumers
+# topology, appliance/consumer_pool.py): a task's ack happens inside its own delivery,
+# so the message ack-and-fetch takes is delivered from the event loop's next turn
+# instead of inside the ack; its tag is kept for the consumer's report to its parent.
+deliver_from_loop = False
+last_fetched_tag: str | None = None
+# False once a consumer retires or stops: its last ack takes no next message.
+fetch_on_ack = True
 
 # KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
 # ARGV: the delivery tag to ack ('' for none), the time to track the next message at.
@@ -132,6 +142,8 @@ class _GarbageTolerant:
                 raise
             if not dest__item:
                 raise Empty()
+            if deliver_from_loop:
+                self._in_poll = None  # answered: the task's own ack may fetch the next
             dest, payload = self._popped(*dest__item)
             if payload is not None:
                 self.connection._deliver(payload, dest)
@@ -161,7 +173,9 @@ class _GarbageTolerant:
         qos = self.qos
         if (
             get_event_loop() is None  # not a worker's event loop: kombu's own ack
-            or self.__dict__.get("_delivering")  # an ack made while delivering the last fetch
+            or not fetch_on_ack
+            or (deliver_from_loop and (worker_state.should_stop or worker_state.should_terminate))
+            or (self.__dict__.get("_delivering") and not deliver_from_loop)
             or self._in_poll  # a BRPOP is out: it may deliver the next message itself
             or self.global_keyprefix
             or not self.active_queues
@@ -187,8 +201,24 @@ class _GarbageTolerant:
             return
         key, item, tag = fetched
         dest, payload = self._popped(key, item, message=bool(tag))
-        if payload is not None:
-            self._deliver_fetched(payload, dest, bytes_to_str(tag))
+        if payload is None:
+            return
+        if deliver_from_loop:
+            self._deliver_next_turn(payload, dest, bytes_to_str(tag))
+            return
+        self._deliver_fetched(payload, dest, bytes_to_str(tag))
+
+    def _deliver_next_turn(self, payload: dict[str, Any], queue: str, tag: str) -> None:
+        """A consumer process: deliver from the event loop, not inside the current task."""
+        global last_fetched_tag
+        last_fetched_tag = tag
+        self.qos.reserve(tag)  # the slot stays taken: no BRPOP meanwhile
+        hub = get_event_loop()
+        assert hub is not None  # basic_ack took this path inside the worker's event loop
+        hub.call_soon(self._deliver_fetched, payload, queue, tag)
+        waker = getattr(hub, "_waker", None)
+        if waker is not None:
+            waker.wake()  # the loop's next poll must not wait for it
 
     def _deliver_fetched(self, payload: dict[str, Any], queue: str, tag: str) -> None:
         """Deliver a message ack-and-fetch took (tracked as unacked already), now: an ack

@@ -59,6 +59,20 @@ def _ids(message: Any) -> tuple[str | None, str | None]:
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's consumer, dead-lettering what it cannot run before rejecting or acking it."""
 
+    def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
+        """In a consumer process (tasks run inline in the event loop's thread) ack now:
+        Celery's hub.call_soon from that thread wakes nobody, so with the prefetch slot
+        still taken the loop would sleep in its poll (up to 1 s) before acking."""
+        from appliance import broker_transport
+
+        if not broker_transport.deliver_from_loop:
+            return super().call_soon_ack(p, *args, **kwargs)
+        try:
+            p(*args, **kwargs)
+        except Exception as exc:
+            logger.exception("ack failed: %r", exc)
+        return p
+
     def _keep(self, message: Any, reason: str) -> None:
         raw, well_formed = raw_of(message)
         task_id, name = _ids(message)

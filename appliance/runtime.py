@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ class WorkerOptions:
     max_tasks_per_child: int | None = None
     max_memory_per_child: int | None = None
     loglevel: str | None = None
+    topology: str | None = None
 
 
 def worker_queues(settings: Settings, options: WorkerOptions) -> list[str]:
@@ -42,8 +44,8 @@ def worker_queues(settings: Settings, options: WorkerOptions) -> list[str]:
     return settings.worker_groups[options.group]
 
 
-def worker_argv(settings: Settings, options: WorkerOptions) -> list[str]:
-    """Arguments for Celery's worker command (tested without starting anything)."""
+def recycle_limits(settings: Settings, options: WorkerOptions) -> tuple[int, int]:
+    """Tasks and KiB after which a child (or consumer) is replaced; 0 = never."""
     max_tasks = (
         options.max_tasks_per_child
         if options.max_tasks_per_child is not None
@@ -54,12 +56,22 @@ def worker_argv(settings: Settings, options: WorkerOptions) -> list[str]:
         if options.max_memory_per_child is not None
         else settings.max_memory_per_child
     )
+    return max_tasks, max_memory
+
+
+def worker_argv(
+    settings: Settings, options: WorkerOptions, consumer: int | None = None
+) -> list[str]:
+    """Arguments for Celery's worker command (tested without starting anything); with
+    *consumer*, those of that consumer process of the consumers topology."""
+    max_tasks, max_memory = recycle_limits(settings, options)
+    hostname = f"{options.group}@%h" if consumer is None else f"{options.group}.{consumer}@%h"
     argv = [
         "worker",
         "--queues",
         ",".join(worker_queues(settings, options)),
         "--hostname",
-        f"{options.group}@%h",
+        hostname,
         "--loglevel",
         options.loglevel or settings.log_level,
         # Our own heartbeats replace Celery's event heartbeats and gossip.
@@ -71,6 +83,12 @@ def worker_argv(settings: Settings, options: WorkerOptions) -> list[str]:
         # consumer (fault row 8).
         "--without-mingle",
     ]
+    if consumer is not None:
+        # One process that runs its tasks inline; recycling is its pool's own
+        # (appliance/consumer_pool.py, limits set by the parent before it forks).
+        from appliance.consumer_pool import select_pool as select_consumer_pool
+
+        return [*argv, "--concurrency", "1", *select_consumer_pool()]
     concurrency = options.concurrency or settings.concurrency
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
@@ -212,7 +230,49 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
     )
     app = load_tasks()
     worker_step.install(app)
+    if (options.topology or settings.worker_topology) == "consumers":
+        return run_consumers(app, settings, options)
     return start_celery(app, argv)
+
+
+def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
+    """The consumers topology: N consumer processes under this one (appliance/consumers.py)."""
+    import os
+
+    from appliance import broker_transport, consumer_pool, worker_step
+    from appliance.consumers import (
+        CONSUMER_PING_SECONDS,
+        Supervisor,
+        log_to_stderr,
+        preload_worker_modules,
+    )
+
+    log_to_stderr(options.loglevel or settings.log_level)
+    preload_worker_modules()
+    consumer_pool.limits = consumer_pool.ConsumerLimits(*recycle_limits(settings, options))
+    count = options.concurrency or settings.concurrency or os.cpu_count() or 1
+    supervision = worker_step.supervision
+
+    def run_consumer(index: int, report_fd: int) -> int:
+        from appliance.records import signals as record_signals
+
+        consumer_pool.link = consumer_pool.ParentLink(report_fd)
+        broker_transport.deliver_from_loop = True
+        record_signals.runs_tasks_inline = True
+        worker_step.supervision = dataclasses.replace(
+            supervision, notifier=consumer_pool.LinkNotifier(), watchdog=CONSUMER_PING_SECONDS
+        )
+        return start_celery(app, worker_argv(settings, options, consumer=index))
+
+    queues = ",".join(worker_queues(settings, options))
+    return Supervisor(
+        count=count,
+        run_consumer=run_consumer,
+        stop_timeout=float(settings.stop_timeout),
+        notifier=supervision.notifier,
+        watchdog=supervision.watchdog,
+        describe=f"{options.group}: consuming {queues}; ",
+    ).run()
 
 
 def start_celery(app: Any, argv: list[str]) -> int:

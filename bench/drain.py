@@ -102,6 +102,14 @@ def contenders(server: RedisServer, workdir: Path) -> dict[str, Contender]:
             dict(env, BENCH_DURABLE="1"),
             queue="celery",
         ),
+        "appliance-consumers": Contender(
+            "appliance-consumers", [*appliance, "--topology", "consumers"], env, records=True
+        ),
+        "appliance-consumers-norec": Contender(
+            "appliance-consumers-norec",
+            [*appliance, "--topology", "consumers"],
+            dict(env, APPLIANCE_RECORDS_ENABLED="false"),
+        ),
         "dramatiq": Contender(
             "dramatiq",
             [str(VENV_BIN / "dramatiq"), "bench._dramatiq_app", "-p", "2"],

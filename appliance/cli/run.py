@@ -37,6 +37,12 @@ _LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_s
     help="Replace a child above this much memory (KiB); 0 = never.",
 )
 @click.option("-l", "--loglevel", type=_LEVELS, help="Log level (default APPLIANCE_LOG_LEVEL).")
+@click.option(
+    "--topology",
+    type=click.Choice(["prefork", "consumers"]),
+    help="prefork pool, or consumer processes that run their own tasks "
+    "(default APPLIANCE_WORKER_TOPOLOGY).",
+)
 @pass_cli
 def worker(
     cli: CliContext,
@@ -46,6 +52,7 @@ def worker(
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     loglevel: str | None,
+    topology: str | None,
 ) -> None:
     """Run the Celery worker of the appliance in the foreground."""
     from appliance.runtime import WorkerOptions, run_worker
@@ -57,6 +64,7 @@ def worker(
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
         loglevel=loglevel.upper() if loglevel else None,
+        topology=topology,
     )
     sys.exit(run_worker(cli.settings, options))
 

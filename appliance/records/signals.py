@@ -65,6 +65,10 @@ def note_write_error(what: str, exc: Exception) -> None:
     logger.warning("task record not written (%s): %s", what, last_write_error)
 
 
+# True in a consumer process of the consumers topology (appliance/consumer_pool.py).
+runs_tasks_inline = False
+
+
 def write_error_count() -> int:
     """Failed record writes of this worker node (main process and pool children), else of
     this process alone (outside a worker)."""
@@ -91,8 +95,13 @@ def _transient(exc: Exception) -> bool:
 
 def _write(url: str, handler: Callable[..., None], retry: bool, args: Any, kwargs: Any) -> None:
     global _database_down
-    # Never in a worker's main process: a pause there would stall its event loop.
-    pauses = FINAL_WRITE_PAUSES_SECONDS if retry and os.getpid() != _main_pid else ()
+    # Never in a worker's main process: a pause there would stall its event loop; a
+    # consumer process (consumers topology) runs its tasks inline and may pause.
+    pauses = (
+        FINAL_WRITE_PAUSES_SECONDS
+        if retry and (os.getpid() != _main_pid or runs_tasks_inline)
+        else ()
+    )
     if _database_down:
         pauses = ()
     started = time.monotonic()

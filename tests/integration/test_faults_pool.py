@@ -95,13 +95,25 @@ def _errors(url: str, ids: list[str]) -> list[str]:
     return [f"{i}: {r['error']}" for i, r in _records(url, ids).items() if r["error"]]
 
 
+# Both worker topologies keep the same promises: prefork, and consumer processes under
+# a supervising parent (appliance/consumers.py).
+TOPOLOGIES = ("prefork", "consumers")
+RECYCLED = {"prefork": "replacing pool child", "consumers": "replacing consumer"}
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def env(api_env: dict[str, str], ledger: RedisServer) -> dict[str, str]:
+def env(api_env: dict[str, str], ledger: RedisServer, topology: str) -> dict[str, str]:
     return dict(
         api_env,
         APPLIANCE_TASK_MODULES="tests.integration.probe_tasks",
         APPLIANCE_TEST_LEDGER_URL=ledger.url(),
         APPLIANCE_MAX_WORKER_LOST=str(BOUND),
+        APPLIANCE_WORKER_TOPOLOGY=topology,
     )
 
 
@@ -228,7 +240,7 @@ def test_recycling_after_every_task_under_load_loses_nothing(
     ids, worker, elapsed = _recycling_run(
         env, ledger, workers, _tallies(LOAD, 0.01), "--max-tasks-per-child", "1"
     )
-    recycles = worker.output().count("replacing pool child")
+    recycles = worker.output().count(RECYCLED[env["APPLIANCE_WORKER_TOPOLOGY"]])
     assert recycles >= len(ids) * 0.9, recycles  # every child ran one task and retired
     record_property("tasks", len(ids))
     record_property("lost", 0)

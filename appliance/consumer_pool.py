@@ -1,0 +1,194 @@
+"""The pool of one consumer process (the ``consumers`` worker topology).
+
+In this topology every process of a worker unit consumes from Redis and runs the task
+it fetched itself, inline, as Celery's solo pool does: no hand-off to a pool child (no
+pickling, no pipes, no second event loop per task). The promises prefork keeps are
+split between this module, in each consumer, and its supervising parent
+(:mod:`appliance.consumers`):
+
+- soft time limit: here, a ``SIGALRM`` timer raises ``SoftTimeLimitExceeded`` in the
+  task, as billiard's signal does in a prefork child;
+- hard time limit, lost consumers, respawning: the parent, told by :class:`ParentLink`
+  which message each consumer holds and since when (one pipe write per task);
+- recycling by task count and unique memory: here, after each task and before its ack
+  (:mod:`appliance.recycling`'s policy): the ack then fetches nothing more, the consumer
+  stops with :data:`EX_RECYCLE` and the parent forks its successor at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery.concurrency import solo
+from celery.exceptions import SoftTimeLimitExceeded, WorkerShutdown, WorkerTerminate
+from celery.worker import state as worker_state
+
+from appliance import broker_transport
+from appliance.recycling import RecyclePolicy, jittered_limit
+from appliance.sdnotify import Notifier
+
+logger = logging.getLogger("appliance.consumer")
+
+# billiard's exit code for a child that retires (the parent replaces it without a word).
+EX_RECYCLE = 0x9B
+
+
+def select_pool() -> list[str]:
+    """Register this pool as Celery's ``custom`` pool; the worker arguments that pick it."""
+    from celery import concurrency
+
+    concurrency.ALIASES["custom"] = f"{__name__}:TaskPool"
+    return ["--pool", "custom"]
+
+
+@dataclass(frozen=True)
+class ConsumerLimits:
+    """Recycling limits of a consumer; set by the parent before it forks."""
+
+    max_tasks: int | None = None
+    max_memory_kib: int | None = None
+
+
+limits = ConsumerLimits()
+
+
+class ParentLink:
+    """Lines to the supervising parent through a pipe (each write is atomic, < PIPE_BUF).
+
+    ``R`` consuming; ``W`` the event loop turned and the broker connection progresses;
+    ``S <tag> <hard limit s> <task id> <name>`` a task starts; ``E <tag or ->`` it is
+    done and acked, and the consumer now holds the message with that tag (the ack fetched
+    it) or none.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def send(self, line: str) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: PDEATHSIG ends us
+            os.write(self._fd, line.encode()[:500] + b"\n")
+
+
+link: ParentLink | None = None
+
+
+class LinkNotifier(Notifier):
+    """The consumer's stand-in for :class:`appliance.sdnotify.Notifier`: the supervision
+    step's READY and WATCHDOG reach the parent, which speaks to systemd for the unit."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        if link is not None:
+            link.send("R")
+        return True
+
+    def watchdog(self) -> bool:
+        if link is not None:
+            link.send("W")
+        return True
+
+    def status(self, text: str) -> bool:
+        return True
+
+    def stopping(self, status: str | None = None, extend_usec: int | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _soft_limit_reached(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded()
+
+
+class TaskPool(solo.TaskPool):  # type: ignore[misc]
+    """Celery's solo pool with a soft time limit, parent reports and recycling."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_apply = self._apply
+        self.policy = RecyclePolicy(
+            jittered_limit(limits.max_tasks) if limits.max_tasks else None,
+            limits.max_memory_kib or None,
+        )
+        self.tasks_done = 0
+        signal.signal(signal.SIGALRM, _soft_limit_reached)
+
+    def _apply(
+        self,
+        target: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Any = None,
+        callback: Any = None,
+        accept_callback: Any = None,
+        soft_timeout: float | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> None:
+        request = args[2] if len(args) > 2 and isinstance(args[2], dict) else {}
+        tag = str((request.get("properties") or {}).get("delivery_tag") or "-")
+        if link is not None:
+            link.send(f"S {tag} {timeout or 0:g} {args[1]} {args[0]}")
+        if soft_timeout:
+            signal.setitimer(signal.ITIMER_REAL, float(soft_timeout))
+
+        def done(result: Any) -> None:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # never inside the ack
+            self.tasks_done += 1
+            self._maybe_retire()
+            if callback is not None:
+                callback(result)
+
+        broker_transport.last_fetched_tag = None
+        try:
+            self._run(target, args, kwargs or {}, done, accept_callback)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if link is not None:
+                link.send(f"E {broker_transport.last_fetched_tag or '-'}")
+
+    def _run(self, target: Any, args: Any, kwargs: Any, done: Any, accept: Any) -> None:
+        """Celery's apply_target, except that a task's own sys.exit (or an interrupt)
+        ends this process as it ends a prefork child: the parent then settles the message
+        as a lost consumer (requeued, bounded), instead of solo's odd WorkerLostError."""
+        if accept:
+            accept(os.getpid(), time.monotonic())
+        try:
+            result = target(*args, **kwargs)
+        except (Exception, WorkerShutdown, WorkerTerminate):
+            raise
+        except BaseException as exc:
+            code = exc.code if isinstance(exc, SystemExit) else 1
+            code = code if isinstance(code, int) else (0 if code is None else 1)
+            logger.error("the task ended consumer %d (exit code %d)", os.getpid(), code)
+            logging.shutdown()
+            os._exit(code)
+        done(result)
+
+    def _maybe_retire(self) -> None:
+        if worker_state.should_stop:
+            return
+        reason = self.policy.check(self.tasks_done)
+        if reason is None:
+            return
+        log = logger.warning if reason.kind == "memory" else logger.info
+        log("replacing consumer %d: %s", os.getpid(), reason.describe())
+        broker_transport.fetch_on_ack = False  # this task's ack takes no next message
+        worker_state.should_stop = EX_RECYCLE
+
+    def _get_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = super()._get_info()
+        info["max-tasks-per-child"] = self.policy.task_limit
+        return info

@@ -20,9 +20,11 @@ TLS and Sentinel stay exactly kombu's. _brpop_read and _get follow kombu 5.7.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
@@ -45,11 +47,30 @@ last_fetched_tag: str | None = None
 fetch_on_ack = True
 
 # KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
-# ARGV: the delivery tag to ack ('' for none), the time to track the next message at.
+# ARGV: the delivery tag to ack ('' for none), the time to track the next message at;
+# in a consumer process optionally a task's final result to store first, on the same
+# server: its key ('' for none), value, expiry (s, 0 = none), the result database and the
+# broker's (SELECTed back). The result is stored as the result backend stores it: never
+# over a SUCCESS, and published to waiting clients.
 # Returns false (queues empty), or {list key, item, delivery tag}; the tag is '' when the
 # item is not a kombu message (left untracked for the caller to dead-letter). The unacked
 # entry is byte for byte what kombu's QoS.append writes: [message, exchange, routing_key].
 ACK_AND_FETCH = """
+if ARGV[3] and ARGV[3] ~= '' then
+  redis.call('SELECT', ARGV[6])
+  local current = redis.call('GET', ARGV[3])
+  local ok, meta = false, nil
+  if current then ok, meta = pcall(cjson.decode, current) end
+  if not (ok and type(meta) == 'table' and meta['status'] == 'SUCCESS') then
+    if tonumber(ARGV[5]) > 0 then
+      redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5])
+    else
+      redis.call('SET', ARGV[3], ARGV[4])
+    end
+    redis.call('PUBLISH', ARGV[3], ARGV[4])
+  end
+  redis.call('SELECT', ARGV[7])
+end
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -74,6 +95,58 @@ for i = 3, #KEYS do
 end
 return false
 """
+
+
+@dataclass
+class _Stashed:
+    """A final result waiting for its task's ack (consumer processes only)."""
+
+    key: bytes | str
+    value: bytes | str
+    ttl: int
+    store: Callable[[], None]  # the result backend's own store, with its retries
+
+
+# A consumer process whose result backend is on the broker's Redis server: (result db,
+# broker db). Its task's final result then rides in the ack's script (one round trip
+# instead of two); every path that does not end in that script stores it first itself.
+results_with_ack: tuple[int, int] | None = None
+_running_task: str | None = None
+_stashed: _Stashed | None = None
+
+
+def task_begins(task_id: str) -> None:
+    global _running_task
+    _running_task = task_id
+
+
+def task_ends() -> None:
+    global _running_task
+    _running_task = None
+    try:
+        flush_stashed()
+    except Exception as exc:  # the backend's retries are spent: as a failed store in trace
+        logging.getLogger("appliance.consumer").error("task result not stored: %r", exc)
+
+
+def stash_result(
+    task_id: str, key: bytes | str, value: bytes | str, ttl: int, store: Callable[[], None]
+) -> bool:
+    """Keep the running task's final result for its ack; False: store it now yourself."""
+    global _stashed
+    if results_with_ack is None or task_id != _running_task:
+        return False
+    flush_stashed()
+    _stashed = _Stashed(key, value, ttl, store)
+    return True
+
+
+def flush_stashed() -> None:
+    """Store a kept result through the backend (no ack will carry it)."""
+    global _stashed
+    stashed, _stashed = _stashed, None
+    if stashed is not None:
+        stashed.store()
 
 
 def _decode(item: bytes) -> dict[str, Any] | None:
@@ -170,7 +243,9 @@ class _GarbageTolerant:
     # -- ack-and-fetch ----------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        global _stashed
         qos = self.qos
+        stashed, _stashed = _stashed, None
         if (
             get_event_loop() is None  # not a worker's event loop: kombu's own ack
             or not fetch_on_ack
@@ -184,18 +259,28 @@ class _GarbageTolerant:
                 and len(qos._delivered) - len(qos._dirty) - 1 >= qos.prefetch_count
             )
         ):
+            if stashed is not None:
+                stashed.store()
             super().basic_ack(delivery_tag, multiple)
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        result: list[Any] = ["", "", 0, 0, 0]
+        if stashed is not None and results_with_ack is not None:
+            result = [stashed.key, stashed.value, stashed.ttl, *results_with_ack]
         with self.conn_or_acquire() as client:  # the channel's one client, see above
             script = self.__dict__.get("_ack_and_fetch")
             if script is None:
                 script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
-            fetched = script(
-                keys=[self.unacked_index_key, self.unacked_key, *keys],
-                args=[delivery_tag, time.time()],
-            )
+            try:
+                fetched = script(
+                    keys=[self.unacked_index_key, self.unacked_key, *keys],
+                    args=[delivery_tag, time.time(), *result],
+                )
+            except Exception:
+                if stashed is not None:
+                    stashed.store()  # the result first, with the backend's retries
+                raise
         virtual.QoS.ack(qos, delivery_tag)
         if not fetched:
             return

@@ -152,10 +152,12 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
                 callback(result)
 
         broker_transport.last_fetched_tag = None
+        broker_transport.task_begins(str(args[1]))
         try:
             self._run(target, args, kwargs or {}, done, accept_callback)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            broker_transport.task_ends()
             if link is not None:
                 link.send(f"E {broker_transport.last_fetched_tag or '-'}")
 

@@ -14,6 +14,7 @@ does for kombu's transports. They also store a state in one round trip instead o
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from celery.app import backends
 from celery.backends import redis as celery_redis
 from celery.exceptions import BackendStoreError
+from celery.states import READY_STATES
 
 _subscribe = ContextVar("appliance_subscribe_on_publish", default=True)
 
@@ -61,6 +63,31 @@ return 1
 """
 
 
+def databases_on_one_server(broker_url: str, backend_url: str) -> tuple[int, int] | None:
+    """(result db, broker db) when both URLs reach the same Redis server as the same user."""
+    from urllib.parse import urlsplit
+
+    broker, backend = urlsplit(broker_url), urlsplit(backend_url)
+    if broker.scheme not in ("redis", "rediss") or backend.scheme != broker.scheme:
+        return None
+    same = ("hostname", "port", "username", "password", "query")
+    if any(getattr(broker, a) != getattr(backend, a) for a in same):
+        return None
+
+    def db(path: str) -> int:
+        return int(path.strip("/") or 0)
+
+    try:
+        return db(backend.path), db(broker.path)
+    except ValueError:
+        return None
+
+
+def _in_canvas(request: Any) -> bool:
+    """A chord member's result is read by the chord's bookkeeping right after the store."""
+    return bool(getattr(request, "chord", None) or getattr(request, "group", None))
+
+
 class _StoreInOneTrip:
     # self is the Celery backend this mixes into (its attributes are untyped).
     def _store_result(
@@ -81,14 +108,24 @@ class _StoreInOneTrip:
             raise BackendStoreError(
                 "value too large for Redis backend", state=state, task_id=task_id
             )
-        self.ensure(self._store_unless_success, (self.get_key_for_task(task_id), value))
+        key = self.get_key_for_task(task_id)
+        store = functools.partial(self.ensure, self._store_unless_success, (key, value))
+        if state in READY_STATES and not _in_canvas(request):
+            from appliance import broker_transport
+
+            if broker_transport.stash_result(meta["task_id"], key, value, self._ttl(), store):
+                return result  # stored by the task's ack (consumer processes)
+        store()
         return result
+
+    def _ttl(self: Any) -> int:
+        return int(self.expires or 0)
 
     def _store_unless_success(self: Any, key: bytes | str, value: str | bytes) -> None:
         script = self.__dict__.get("_store_script")
         if script is None:
             script = self._store_script = self.client.register_script(_STORE_UNLESS_SUCCESS)
-        script(keys=[key], args=[value, int(self.expires or 0)], client=self.client)
+        script(keys=[key], args=[value, self._ttl()], client=self.client)
 
 
 class RedisBackend(_SubscribeOnWait, _StoreInOneTrip, celery_redis.RedisBackend):  # type: ignore[misc]

@@ -255,9 +255,13 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
 
     def run_consumer(index: int, report_fd: int) -> int:
         from appliance.records import signals as record_signals
+        from appliance.result_backend import databases_on_one_server
 
         consumer_pool.link = consumer_pool.ParentLink(report_fd)
         broker_transport.deliver_from_loop = True
+        broker_transport.results_with_ack = databases_on_one_server(
+            settings.broker_url, settings.effective_result_backend
+        )
         record_signals.runs_tasks_inline = True
         worker_step.supervision = dataclasses.replace(
             supervision, notifier=consumer_pool.LinkNotifier(), watchdog=CONSUMER_PING_SECONDS

@@ -35,6 +35,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from appliance.constants import RECORDS_JOURNAL_CAP
+
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
 # Set in a consumer process (tasks run inline, where they are fetched: the consumers
@@ -48,14 +50,19 @@ fetch_on_ack = True
 
 # KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
 # ARGV: the delivery tag to ack ('' for none), the time to track the next message at;
-# in a consumer process optionally a task's final result to store first, on the same
-# server: its key ('' for none), value, expiry (s, 0 = none), the result database and the
-# broker's (SELECTed back). The result is stored as the result backend stores it: never
-# over a SUCCESS, and published to waiting clients.
-# Returns false (queues empty), or {list key, item, delivery tag}; the tag is '' when the
-# item is not a kombu message (left untracked for the caller to dead-letter). The unacked
+# then, in a consumer process, what its task's ack carries ('' where nothing): the final
+# result, stored as the result backend stores it (never over a SUCCESS, published to
+# waiting clients) on the same server - its key, value, expiry (s, 0 = none), the result
+# database and the broker's (SELECTed back) - and the final record write, pushed onto the
+# unit's journal (appliance/records/journal.py) - its key, the entry, the journal's cap.
+# Returns {-1} and does nothing when the journal is at its cap; else {0, list key, item,
+# delivery tag}, the list key '' when the queues are empty and the tag '' when the item
+# is not a kombu message (left untracked for the caller to dead-letter). The unacked
 # entry is byte for byte what kombu's QoS.append writes: [message, exchange, routing_key].
 ACK_AND_FETCH = """
+if ARGV[8] and ARGV[8] ~= '' and redis.call('LLEN', ARGV[8]) >= tonumber(ARGV[10]) then
+  return {-1}
+end
 if ARGV[3] and ARGV[3] ~= '' then
   redis.call('SELECT', ARGV[6])
   local current = redis.call('GET', ARGV[3])
@@ -70,6 +77,9 @@ if ARGV[3] and ARGV[3] ~= '' then
     redis.call('PUBLISH', ARGV[3], ARGV[4])
   end
   redis.call('SELECT', ARGV[7])
+end
+if ARGV[8] and ARGV[8] ~= '' then
+  redis.call('RPUSH', ARGV[8], ARGV[9])
 end
 if ARGV[1] ~= '' then
   redis.call('ZREM', KEYS[1], ARGV[1])
@@ -87,32 +97,54 @@ for i = 3, #KEYS do
         redis.call('ZADD', KEYS[1], ARGV[2], tag)
         redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
           .. ',' .. cjson.encode(info['routing_key']) .. ']')
-        return {KEYS[i], item, tag}
+        return {0, KEYS[i], item, tag}
       end
     end
-    return {KEYS[i], item, ''}
+    return {0, KEYS[i], item, ''}
   end
 end
-return false
+return {0, '', '', ''}
 """
 
 
 @dataclass
-class _Stashed:
-    """A final result waiting for its task's ack (consumer processes only)."""
+class _Carried:
+    """What a consumer's running task hands to its ack: its final result, its final record
+    write, and how to write each without the ack (their own retrying writers)."""
 
-    key: bytes | str
-    value: bytes | str
-    ttl: int
-    store: Callable[[], None]  # the result backend's own store, with its retries
+    result: tuple[bytes | str, bytes | str, int] | None = None
+    store_result: Callable[[], None] | None = None
+    record: str | None = None
+    write_record: Callable[[], None] | None = None
+
+    def write_record_now(self) -> None:
+        write, self.record, self.write_record = self.write_record, None, None
+        if write is not None:
+            write()
+
+    def write_now(self) -> None:
+        store, self.result, self.store_result = self.store_result, None, None
+        if store is not None:
+            store()
+        self.write_record_now()
+
+    def script_args(self) -> list[Any]:
+        result: list[Any] = ["", "", 0, 0, 0]
+        if self.result is not None and results_with_ack is not None:
+            result = [*self.result, *results_with_ack]
+        if self.record is not None and records_journal is not None:
+            return [*result, records_journal, self.record, RECORDS_JOURNAL_CAP]
+        return [*result, "", "", 0]
 
 
 # A consumer process whose result backend is on the broker's Redis server: (result db,
 # broker db). Its task's final result then rides in the ack's script (one round trip
 # instead of two); every path that does not end in that script stores it first itself.
 results_with_ack: tuple[int, int] | None = None
+# A consumer process: its unit's record journal (final record writes ride in the ack).
+records_journal: str | None = None
 _running_task: str | None = None
-_stashed: _Stashed | None = None
+_carried = _Carried()
 
 
 def task_begins(task_id: str) -> None:
@@ -121,32 +153,41 @@ def task_begins(task_id: str) -> None:
 
 
 def task_ends() -> None:
+    """The task's delivery is over: write whatever no ack carried (its ack came first, as
+    without acks late, or never came)."""
     global _running_task
     _running_task = None
     try:
-        flush_stashed()
+        _take_carried().write_now()
     except Exception as exc:  # the backend's retries are spent: as a failed store in trace
         logging.getLogger("appliance.consumer").error("task result not stored: %r", exc)
+
+
+def _take_carried() -> _Carried:
+    global _carried
+    carried, _carried = _carried, _Carried()
+    return carried
 
 
 def stash_result(
     task_id: str, key: bytes | str, value: bytes | str, ttl: int, store: Callable[[], None]
 ) -> bool:
     """Keep the running task's final result for its ack; False: store it now yourself."""
-    global _stashed
     if results_with_ack is None or task_id != _running_task:
         return False
-    flush_stashed()
-    _stashed = _Stashed(key, value, ttl, store)
+    if _carried.store_result is not None:
+        _carried.store_result()  # an earlier final state goes first
+    _carried.result, _carried.store_result = (key, value, ttl), store
     return True
 
 
-def flush_stashed() -> None:
-    """Store a kept result through the backend (no ack will carry it)."""
-    global _stashed
-    stashed, _stashed = _stashed, None
-    if stashed is not None:
-        stashed.store()
+def stash_record(task_id: str, entry: str, write: Callable[[], None]) -> bool:
+    """Keep the running task's final record write for its ack; False: write it now."""
+    if records_journal is None or task_id != _running_task:
+        return False
+    _carried.write_record_now()  # an earlier one goes first
+    _carried.record, _carried.write_record = entry, write
+    return True
 
 
 def _decode(item: bytes) -> dict[str, Any] | None:
@@ -243,9 +284,8 @@ class _GarbageTolerant:
     # -- ack-and-fetch ----------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        global _stashed
         qos = self.qos
-        stashed, _stashed = _stashed, None
+        carried = _take_carried()
         if (
             get_event_loop() is None  # not a worker's event loop: kombu's own ack
             or not fetch_on_ack
@@ -259,15 +299,11 @@ class _GarbageTolerant:
                 and len(qos._delivered) - len(qos._dirty) - 1 >= qos.prefetch_count
             )
         ):
-            if stashed is not None:
-                stashed.store()
+            carried.write_now()
             super().basic_ack(delivery_tag, multiple)
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        result: list[Any] = ["", "", 0, 0, 0]
-        if stashed is not None and results_with_ack is not None:
-            result = [stashed.key, stashed.value, stashed.ttl, *results_with_ack]
         with self.conn_or_acquire() as client:  # the channel's one client, see above
             script = self.__dict__.get("_ack_and_fetch")
             if script is None:
@@ -275,16 +311,21 @@ class _GarbageTolerant:
             try:
                 fetched = script(
                     keys=[self.unacked_index_key, self.unacked_key, *keys],
-                    args=[delivery_tag, time.time(), *result],
+                    args=[delivery_tag, time.time(), *carried.script_args()],
                 )
+                if int(fetched[0]) < 0:  # the journal is full: the record goes directly
+                    carried.write_record_now()
+                    fetched = script(
+                        keys=[self.unacked_index_key, self.unacked_key, *keys],
+                        args=[delivery_tag, time.time(), *carried.script_args()],
+                    )
             except Exception:
-                if stashed is not None:
-                    stashed.store()  # the result first, with the backend's retries
+                carried.write_now()  # result and record first, with their own retries
                 raise
         virtual.QoS.ack(qos, delivery_tag)
-        if not fetched:
+        _, key, item, tag = fetched
+        if not key:
             return
-        key, item, tag = fetched
         dest, payload = self._popped(key, item, message=bool(tag))
         if payload is None:
             return

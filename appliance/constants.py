@@ -144,3 +144,8 @@ IDEMPOTENCY_KEY_PREFIX = KEY_PREFIX + "idem:"
 IDEMPOTENCY_TTL_SECONDS = RESULT_EXPIRES_SECONDS
 # A duplicate that finds the first delivery still running retries after this many seconds.
 IDEMPOTENCY_BUSY_RETRY_SECONDS = 5
+
+# Final record writes a consumers unit keeps in its Redis journal before its consumers
+# write directly again (appliance/records/journal.py): ~300 B an entry, ~60 MB at most,
+# so a long database outage cannot fill a noeviction Redis.
+RECORDS_JOURNAL_CAP = 200_000

@@ -150,10 +150,12 @@ class Supervisor:
     notifier: Any
     watchdog: float | None
     describe: str = ""
+    flusher: Any = None  # appliance.records.journal.Flusher of this unit's records
     consumers: dict[int, Consumer] = field(default_factory=dict)
     stopping: bool = False
     _signals: list[int] = field(default_factory=list)
     _start_failures: int = 0
+    _quick_exits: int = 0
     _last_code: int = 0
     _respawn_at: dict[int, float] = field(default_factory=dict)
     _told_ready: bool = False
@@ -176,6 +178,8 @@ class Supervisor:
         while self.consumers or (not self.stopping and self._respawn_at):
             self._turn()
         signal.set_wakeup_fd(-1)
+        if self.flusher is not None:
+            self.flusher.flush(everything=True)
         logger.info("all consumers stopped")
         return self._last_code if self._start_failures >= START_FAILURES_BEFORE_EXIT else 0
 
@@ -200,8 +204,14 @@ class Supervisor:
                 del self._respawn_at[index]
                 self._fork(index)
         self._supervise(now)
+        if self.flusher is not None and self.flusher.due(now):
+            self.flusher.flush(now)
 
     def _timeout(self) -> float:
+        if self.flusher is not None:
+            from appliance.records.journal import FLUSH_SECONDS
+
+            return min(_TICK_SECONDS, FLUSH_SECONDS)
         return _TICK_SECONDS
 
     # -- forking ----------------------------------------------------------------------
@@ -279,7 +289,7 @@ class Supervisor:
             consumer.done += 1
             self._finished += 1
             consumer.held = None if rest in ("", "-") else rest
-            self._start_failures = 0
+            self._start_failures = self._quick_exits = 0
         elif kind == "R":
             consumer.ready = True
             self._start_failures = 0
@@ -334,12 +344,16 @@ class Supervisor:
         if consumer.killed_for is None:
             logger.warning("consumer %d (pid %d) exited (%s); replacing it",
                            consumer.index, consumer.pid, how)  # fmt: skip
-        if consumer.ready or consumer.killed_for is not None or running is not None:
-            self._fork(consumer.index)
+        if consumer.killed_for is not None or running is not None or consumer.done:
+            self._fork(consumer.index)  # it worked, or died in a task: replace it now
             return
-        # It never consumed: a bad start (config, Redis refusing us...). Back off.
-        self._start_failures += 1
-        self._last_code = code if code > 0 else 1
+        # It ran nothing: a bad start (config, Redis refusing us, an unrecoverable error
+        # at once). Fork again after a growing pause, and give up on a start that never
+        # reaches consuming.
+        self._quick_exits += 1
+        if not consumer.ready:
+            self._start_failures += 1
+            self._last_code = code if code > 0 else 1
         if self._start_failures >= START_FAILURES_BEFORE_EXIT:
             logger.error(
                 "consumers failed to start %d times in a row (last: %s); exiting",
@@ -348,7 +362,7 @@ class Supervisor:
             )
             self._stop(signal.SIGTERM)
             return
-        pause = min(RESPAWN_PAUSE_MAX_SECONDS, 0.5 * 2**self._start_failures)
+        pause = min(RESPAWN_PAUSE_MAX_SECONDS, 0.25 * 2 ** min(self._quick_exits, 6))
         self._respawn_at[consumer.index] = time.monotonic() + pause
 
     # -- limits, stop, systemd --------------------------------------------------------

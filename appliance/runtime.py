@@ -252,6 +252,7 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
     consumer_pool.limits = consumer_pool.ConsumerLimits(*recycle_limits(settings, options))
     count = options.concurrency or settings.concurrency or os.cpu_count() or 1
     supervision = worker_step.supervision
+    flusher = records_flusher(settings, options.group)
 
     def run_consumer(index: int, report_fd: int) -> int:
         from appliance.records import signals as record_signals
@@ -263,6 +264,7 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
             settings.broker_url, settings.effective_result_backend
         )
         record_signals.runs_tasks_inline = True
+        broker_transport.records_journal = flusher.key if flusher is not None else None
         worker_step.supervision = dataclasses.replace(
             supervision, notifier=consumer_pool.LinkNotifier(), watchdog=CONSUMER_PING_SECONDS
         )
@@ -276,7 +278,28 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
         notifier=supervision.notifier,
         watchdog=supervision.watchdog,
         describe=f"{options.group}: consuming {queues}; ",
+        flusher=flusher,
     ).run()
+
+
+def records_flusher(settings: Settings, group: str) -> Any:
+    """The journal flusher of a consumers unit (appliance/records/journal.py), if records
+    are on."""
+    url = settings.records_url
+    if url is None:
+        return None
+    from celery.utils.nodenames import host_format
+
+    from appliance.broker import connect
+    from appliance.records.journal import Flusher, journal_key
+
+    client = connect(
+        settings.broker_url,
+        settings.redis_sentinel_master,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    return Flusher(client, journal_key(host_format(f"{group}@%h")), url)
 
 
 def start_celery(app: Any, argv: list[str]) -> int:

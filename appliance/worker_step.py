@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -110,12 +111,30 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._samples: deque[tuple[float, int, int]] = deque()
 
     def start(self, consumer: Any) -> None:
+        from appliance import broker_transport
+
         self._load_revokes()
         # Tasks has started consuming: that is what READY means here.
         supervision.notifier.ready(status_line(self._hostname))
-        self._every(consumer, "heartbeat", C.HEARTBEAT_INTERVAL, self._beat)
+        if broker_transport.deliver_from_loop:
+            # A consumer process runs its tasks in the loop's thread: a long task would
+            # hold the heartbeat back past its TTL, and the node would look gone.
+            self._beat_thread(consumer)
+        else:
+            self._every(consumer, "heartbeat", C.HEARTBEAT_INTERVAL, self._beat)
         if supervision.watchdog:
             self._every(consumer, "watchdog", supervision.watchdog, self._ping)
+
+    def _beat_thread(self, consumer: Any) -> None:
+        stop = self._beats_stop = threading.Event()
+
+        def run() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    self._beat(consumer)
+                stop.wait(C.HEARTBEAT_INTERVAL)
+
+        threading.Thread(target=run, name="heartbeat", daemon=True).start()
 
     def _every(self, consumer: Any, name: str, seconds: float, fun: Any) -> None:
         """Run *fun* now and then every *seconds* on the event loop.
@@ -135,6 +154,9 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         run()
 
     def stop(self, consumer: Any) -> None:
+        beats_stop = getattr(self, "_beats_stop", None)
+        if beats_stop is not None:
+            beats_stop.set()
         for tref in self._timers.values():
             if tref is not None:
                 tref.cancel()

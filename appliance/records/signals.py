@@ -280,13 +280,31 @@ def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **
     )
 
 
+def _final_write(url: str, writer: Callable[..., None], retry: bool, **kwargs: Any) -> None:
+    """A task's final record write: carried by its ack in a consumer process (the
+    journal, appliance/records/journal.py), else written now."""
+    from appliance import broker_transport
+    from appliance.records import journal
+
+    if broker_transport.records_journal is not None:
+        if writer is not store.record_retry:
+            kwargs.setdefault("finished_at", store.now())
+        entry = journal.encode(writer.__name__, kwargs)
+        later = functools.partial(_write, url, writer, retry, (), kwargs)
+        if broker_transport.stash_record(kwargs["task_id"], entry, later):
+            return
+    writer(url, **kwargs)
+
+
 @_final
 def _on_postrun(
     url: str, task_id: str, task: Any, retval: Any = None, state: str | None = None, **_: Any
 ) -> None:
     if state == "SUCCESS":
-        store.record_succeeded(
+        _final_write(
             url,
+            store.record_succeeded,
+            True,
             task_id=task_id,
             name=task.name,
             result=retval,
@@ -304,8 +322,10 @@ def _on_failure(
     **_: Any,
 ) -> None:
     error = f"{type(exception).__name__}: {exception}" if exception else "unknown error"
-    store.record_failed(
+    _final_write(
         url,
+        store.record_failed,
+        True,
         task_id=task_id or "",
         name=getattr(sender, "name", "") or "",
         error=error,
@@ -323,8 +343,10 @@ def _on_retry(
     error = (
         f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason)
     )
-    store.record_retry(
+    _final_write(
         url,
+        store.record_retry,
+        False,
         task_id=request.id,
         name=getattr(sender, "name", "") or "",
         error=error,

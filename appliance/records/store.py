@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -163,6 +165,30 @@ def delete_records(url: str, task_ids: Sequence[str], chunk: int = 500) -> None:
             )
 
 
+_batch: ContextVar[Connection | None] = ContextVar("appliance_records_batch", default=None)
+
+
+@contextmanager
+def batch(url: str) -> Iterator[None]:
+    """The writes in this block share one transaction (the journal's bulk flush)."""
+    with get_engine(url).begin() as conn:
+        token = _batch.set(conn)
+        try:
+            yield
+        finally:
+            _batch.reset(token)
+
+
+@contextmanager
+def _begin(url: str) -> Iterator[Connection]:
+    conn = _batch.get()
+    if conn is not None:
+        yield conn
+        return
+    with get_engine(url).begin() as conn:
+        yield conn
+
+
 def _update_or_insert(
     url: str,
     task_id: str,
@@ -173,7 +199,7 @@ def _update_or_insert(
     values = {**values, "updated_at": now()}
     keys = tuple(sorted(values))
     params = {f"v_{key}": values[key] for key in keys}
-    with get_engine(url).begin() as conn:
+    with _begin(url) as conn:
         result = conn.execute(_update_stmt(keys, unless_final), {"v_task_id": task_id, **params})
         if getattr(result, "rowcount", 1) == 0:
             # Published by a producer that does not write records (e.g. plain Celery).
@@ -256,10 +282,17 @@ def record_progress(url: str, *, task_id: str, percent: int, message: str | None
 
 
 def record_succeeded(
-    url: str, *, task_id: str, name: str, result: Any, started: dict[str, Any] | None = None
+    url: str,
+    *,
+    task_id: str,
+    name: str,
+    result: Any,
+    started: dict[str, Any] | None = None,
+    finished_at: datetime | None = None,
 ) -> None:
     """Mark a task SUCCESS with its result; *started* (the keyword arguments of
-    `record_started`, when that write was deferred) is written in the same statement."""
+    `record_started`, when that write was deferred) is written in the same statement;
+    *finished_at* when the write comes later than the end (the journal)."""
     values, defaults = _started_fields(started)
     _update_or_insert(
         url,
@@ -269,7 +302,7 @@ def record_succeeded(
             "status": "SUCCESS",
             "result": jsonable(result),
             "progress": 100,
-            "finished_at": now(),
+            "finished_at": finished_at or now(),
             "error": None,
             "traceback": None,
         },
@@ -285,8 +318,10 @@ def record_failed(
     error: str,
     traceback: str | None,
     started: dict[str, Any] | None = None,
+    finished_at: datetime | None = None,
 ) -> None:
-    """Mark a task FAILURE with its error and traceback (*started*: see record_succeeded)."""
+    """Mark a task FAILURE with its error and traceback (*started*, *finished_at*: see
+    record_succeeded)."""
     values, defaults = _started_fields(started)
     _update_or_insert(
         url,
@@ -296,7 +331,7 @@ def record_failed(
             "status": "FAILURE",
             "error": error,
             "traceback": traceback,
-            "finished_at": now(),
+            "finished_at": finished_at or now(),
         },
         {**defaults, "name": name},
     )

@@ -1,0 +1,162 @@
+"""Final record writes carried with the task's ack, flushed to the database in bulk.
+
+In the consumers topology (appliance/consumers.py) a consumer does not write a task's
+final state (SUCCESS, FAILURE, RETRY) to the database itself: the write rides in the
+ack's script as one entry of its unit's journal, a Redis list on the broker
+(``appliance:records:journal:<node>``), in the same atomic step as the ack. The record
+is therefore as durable as the queue before the message leaves it (the promise "final
+state before ack" holds, in Redis). The unit's supervising parent moves the journal into
+the database in one transaction per batch, every :data:`FLUSH_SECONDS`; a record shows
+its final state that much later than the result backend does. While the database is
+down the journal waits and the records catch up when it is back; past
+:data:`JOURNAL_CAP` entries the consumers write directly again (and count what fails),
+so a long outage cannot fill Redis. An entry is the writer's name and its keyword
+arguments, datetimes tagged. Only the parent of the unit flushes its journal; a unit
+that never comes back leaves its journal for the next start under that node name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from appliance.constants import KEY_PREFIX, RECORDS_JOURNAL_CAP
+
+logger = logging.getLogger("appliance.records")
+
+JOURNAL_KEY = KEY_PREFIX + "records:journal:{node}"
+JOURNAL_CAP = RECORDS_JOURNAL_CAP
+FLUSH_SECONDS = 0.1
+FLUSH_BATCH = 1000
+# After a failed flush (database down), wait this long before the next one.
+RETRY_SECONDS = 1.0
+
+# The writers an entry may name (appliance.records.store).
+WRITERS = ("record_succeeded", "record_failed", "record_retry")
+
+
+def journal_key(node: str) -> str:
+    return JOURNAL_KEY.format(node=node)
+
+
+def _tag(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$dt" in obj:
+        return datetime.fromisoformat(obj["$dt"])
+    return obj
+
+
+def encode(writer: str, kwargs: dict[str, Any]) -> str:
+    """One journal entry: the store writer's name and its (JSON-able) keyword arguments."""
+    from appliance.records.store import jsonable
+
+    kwargs = dict(kwargs)
+    if "result" in kwargs:
+        kwargs["result"] = jsonable(kwargs["result"])
+    started = kwargs.get("started")
+    if started:
+        kwargs["started"] = {
+            **started,
+            "args": jsonable(started.get("args")),
+            "kwargs": jsonable(started.get("kwargs")),
+        }
+    return json.dumps({"w": writer, "kw": kwargs}, default=_tag)
+
+
+def decode(entry: bytes | str) -> tuple[str, dict[str, Any]]:
+    data = json.loads(entry, object_hook=_untag)
+    writer = data["w"]
+    if writer not in WRITERS:
+        raise ValueError(f"unknown writer {writer!r}")
+    return writer, dict(data["kw"])
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+class Flusher:
+    """Moves one unit's journal into the database (the consumers' parent runs it)."""
+
+    def __init__(self, client: Any, key: str, url: str) -> None:
+        self.client, self.key, self.url = client, key, url
+        self._next = 0.0
+        self._failing = False
+        self.written = 0
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def flush(self, now: float | None = None, everything: bool = False) -> int:
+        """Write what the journal holds (a batch, or *everything*); entries written."""
+        now = time.monotonic() if now is None else now
+        self._next = now + FLUSH_SECONDS
+        done = 0
+        while True:
+            try:
+                batch = self._flush_batch()
+            except Exception as exc:
+                self._next = now + RETRY_SECONDS
+                if not self._failing:
+                    self._failing = True
+                    logger.warning(
+                        "task records not flushed (%s: %s); they wait in Redis (%s) and are "
+                        "written when the database is back",
+                        type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "",
+                        self.key,
+                    )
+                return done
+            if self._failing:
+                self._failing = False
+                logger.info("task records flushed again")
+            done += batch
+            if batch < FLUSH_BATCH or not everything:
+                return done
+
+    def _flush_batch(self) -> int:
+        from appliance.records import store
+
+        entries = self.client.lrange(self.key, 0, FLUSH_BATCH - 1)
+        if not entries:
+            return 0
+        writes = []
+        for entry in entries:
+            try:
+                writes.append(decode(entry))
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.error("journal entry dropped (%s): %r", exc, entry[:500])
+        try:
+            with store.batch(self.url):
+                for writer, kwargs in writes:
+                    getattr(store, writer)(self.url, **kwargs)
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            self._one_by_one(writes)  # one bad entry must not hold back the rest
+        self.client.ltrim(self.key, len(entries), -1)
+        self.written += len(entries)
+        return len(entries)
+
+    def _one_by_one(self, writes: list[tuple[str, dict[str, Any]]]) -> None:
+        from appliance.records import store
+
+        for writer, kwargs in writes:
+            try:
+                getattr(store, writer)(self.url, **kwargs)
+            except Exception as exc:
+                if _transient(exc):
+                    raise
+                logger.error("task record %s not written: %s", kwargs.get("task_id"), exc)

@@ -1,7 +1,7 @@
-"""`appliance worker -c 2` for the benchmarks; with --stock, on Celery's own prefork pool.
-
-Builds the same arguments as `appliance worker` (the production profile, limits from
-APPLIANCE_* variables) and, for --stock, leaves out the appliance's recycling pool.
+"""`appliance worker -c 2` for the benchmarks: --consumers (the default topology, as
+`appliance worker` runs it), --prefork (the appliance's prefork pool), --stock (Celery's
+own prefork pool, the same arguments less the appliance's recycling pool). Limits come
+from APPLIANCE_* variables.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from appliance.settings import get_settings
 
 
 def main() -> int:
+    if "--consumers" in sys.argv[1:]:
+        from appliance.runtime import run_worker
+
+        return run_worker(get_settings(), WorkerOptions(concurrency=2, topology="consumers"))
     argv = worker_argv(get_settings(), WorkerOptions(concurrency=2))
     if "--stock" in sys.argv[1:]:
         at = argv.index("--pool")

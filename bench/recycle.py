@@ -73,13 +73,16 @@ def _completions(server: RedisServer) -> list[float]:
     return sorted(datetime.fromisoformat(meta["date_done"]).timestamp() for meta in metas)
 
 
-def drain(server: RedisServer, n: int, limit: int, stock: bool, workdir: Path) -> Run:
+POOLS = ("consumers", "prefork", "stock")
+
+
+def drain(server: RedisServer, n: int, limit: int, pool: str, workdir: Path) -> Run:
     """Enqueue n noops, start a worker, wait until all are done; throughput and stall."""
     server.flush()
     _enqueue(n)
-    log = (workdir / f"worker-{'stock' if stock else 'appliance'}-{limit}.log").open("wb")
+    log = (workdir / f"worker-{pool}-{limit}.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "_worker.py"), *(["--stock"] if stock else [])],
+        [sys.executable, str(REPO / "bench" / "_worker.py"), f"--{pool}"],
         env=_worker_env(server, limit, workdir),
         cwd=REPO,
         stdout=log,
@@ -101,7 +104,7 @@ def drain(server: RedisServer, n: int, limit: int, stock: bool, workdir: Path) -
     done = _completions(server)
     gaps = [later - earlier for earlier, later in itertools.pairwise(done)]
     return Run(
-        "stock" if stock else "appliance",
+        pool,
         str(limit or "none"),
         (len(done) - 1) / (done[-1] - done[0]),
         max(gaps) * 1000,
@@ -123,9 +126,8 @@ def report(runs: list[Run]) -> None:
             print(f"{pool:10} {limit:>6} {rate:9.1f} {ratio:>6} {stall:9.0f} ms")
 
 
-def measure(n: int, limits: list[int], repeat: int, stock: bool) -> list[Run]:
+def measure(n: int, limits: list[int], repeat: int, pools: list[str]) -> list[Run]:
     """Drains of n noops per limit (0 = none), alternating pools and limits."""
-    pools = [False, True] if stock else [False]
     with tempfile.TemporaryDirectory(prefix="bench-recycle-") as tmp:
         workdir = Path(tmp)
         (workdir / "empty.env").write_text("")
@@ -157,10 +159,12 @@ def main() -> None:
     parser.add_argument("-n", "--tasks", type=int, default=2000, help="tasks per drain")
     parser.add_argument("--limits", default="none,1000,100,10", help="max-tasks-per-child")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all limits")
+    parser.add_argument("--pools", default="consumers,prefork", help=f"some of {','.join(POOLS)}")
     parser.add_argument("--stock", action="store_true", help="also Celery's own pool")
     args = parser.parse_args()
     limits = [0 if x == "none" else int(x) for x in args.limits.split(",")]
-    report(measure(args.tasks, limits, args.repeat, args.stock))
+    pools = [p for p in args.pools.split(",") if p] + (["stock"] if args.stock else [])
+    report(measure(args.tasks, limits, args.repeat, pools))
 
 
 if __name__ == "__main__":

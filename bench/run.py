@@ -38,7 +38,7 @@ from bench import recycle as R  # noqa: E402
 from tests.helpers.processes import wait_until  # noqa: E402
 from tests.helpers.redis_server import RedisServer, local_redis_server  # noqa: E402
 
-DRAIN = ("appliance", "celery-durable", "dramatiq", "celery-default")
+DRAIN = ("appliance", "celery-durable", "dramatiq", "celery-default", "appliance-prefork")
 
 
 def median(values: list[float]) -> float:
@@ -53,7 +53,7 @@ def table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
 
 
 def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
+    return f"{a / b:.2f}x" if b and b == b else "-"
 
 
 def runs_text(values: list[float]) -> str:
@@ -257,13 +257,15 @@ def main() -> None:
                 runs = drains(
                     server, Path(tmp), args.drain_only.split(","), args.tasks, args.repeat
                 )
+        ref = median([r.rate for r in runs.get("celery-durable", [])])
         for name, rs in runs.items():
             rates = [r.rate for r in rs]
             cpu = median([r.cpu_ms for r in rs])
             rcpu = median([r.redis_cpu_ms for r in rs])
             print(
-                f"{name:24} {median(rates):8.0f} tasks/s  CPU/task: worker {cpu:.2f} ms, "
-                f"redis {rcpu:.3f} ms  {runs_text(rates)}"
+                f"{name:24} {median(rates):8.0f} tasks/s  {ratio(median(rates), ref):>6} "
+                f"stock durable  CPU/task: worker {cpu:.2f} ms, redis {rcpu:.3f} ms  "
+                f"{runs_text(rates)}"
             )
         return
     rows = {int(r) for r in args.rows.split(",")}
@@ -299,7 +301,7 @@ def main() -> None:
         health = H.measure(rounds=5)
         printers.append(lambda: H.report(health))
     if 6 in rows:
-        recycle = R.measure(n=2000, limits=[0, 1000, 100, 10], repeat=1, stock=False)
+        recycle = R.measure(n=2000, limits=[0, 1000, 100, 10], repeat=1, pools=["consumers"])
         printers.append(lambda: R.report(recycle))
     print(f"\n=== results ({time.monotonic() - started:.0f} s, {args.repeat} rounds each)")
     for printer in printers:

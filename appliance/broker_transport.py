@@ -283,9 +283,40 @@ class _GarbageTolerant:
 
     # -- ack-and-fetch ----------------------------------------------------------------
 
+    def _ack_or_hold(self, delivery_tag: str, ack: Callable[[], None]) -> None:
+        try:
+            ack()
+        except Exception:
+            self._failed_ack(delivery_tag)
+            raise
+
+    def _failed_ack(self, delivery_tag: str) -> None:
+        """A consumer process's ack failed (Redis paused, connection gone): free its
+        prefetch slot, or, holding its only slot, it would never poll Redis again and so
+        never notice the connection is gone; the ack is made again with the next one. The
+        message stays unacked in Redis meanwhile (a restart before then gets it
+        redelivered after the visibility timeout, as any unacked message)."""
+        if not deliver_from_loop:
+            return
+        self.qos._delivered.pop(delivery_tag, None)
+        self.__dict__.setdefault("_acks_owed", []).append(delivery_tag)
+
+    def _pay_owed_acks(self) -> None:
+        owed = self.__dict__.get("_acks_owed")
+        while owed:
+            self.qos._remove_from_indices(owed[0]).execute()
+            owed.pop(0)
+
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         qos = self.qos
         carried = _take_carried()
+        if self.__dict__.get("_acks_owed"):
+            try:
+                self._pay_owed_acks()
+            except Exception:
+                carried.write_now()
+                self._failed_ack(delivery_tag)
+                raise
         if (
             get_event_loop() is None  # not a worker's event loop: kombu's own ack
             or not fetch_on_ack
@@ -300,7 +331,8 @@ class _GarbageTolerant:
             )
         ):
             carried.write_now()
-            super().basic_ack(delivery_tag, multiple)
+            self._ack_or_hold(delivery_tag, lambda: super(_GarbageTolerant, self).basic_ack(
+                delivery_tag, multiple))  # fmt: skip
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
         keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
@@ -321,6 +353,7 @@ class _GarbageTolerant:
                     )
             except Exception:
                 carried.write_now()  # result and record first, with their own retries
+                self._failed_ack(delivery_tag)
                 raise
         virtual.QoS.ack(qos, delivery_tag)
         _, key, item, tag = fetched

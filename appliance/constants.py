@@ -111,6 +111,10 @@ DEADLETTER_INDEX_KEY = KEY_PREFIX + "deadletter:index"  # sorted set: id -> time
 # keeps them only in the memory of the workers running at the time. Kept this long.
 REVOKED_KEY = KEY_PREFIX + "revoked"
 REVOKED_KEEP_SECONDS = 30 * 24 * 3600
+# Ids revoked with --terminate (zset, score = when): a consumers unit's parent kills the
+# consumer running one (its loop runs the task, so it cannot read the broadcast).
+TERMINATE_KEY = KEY_PREFIX + "terminate"
+TERMINATE_KEEP_SECONDS = 24 * 3600
 
 # Beat: one active beat across hosts holds the lease; every tick renews it and writes
 # the tick key. The loop interval stays well under the lease TTL and WatchdogSec/2.
@@ -149,3 +153,8 @@ IDEMPOTENCY_BUSY_RETRY_SECONDS = 5
 # write directly again (appliance/records/journal.py): ~300 B an entry, ~60 MB at most,
 # so a long database outage cannot fill a noeviction Redis.
 RECORDS_JOURNAL_CAP = 200_000
+RECORDS_JOURNAL_KEY = KEY_PREFIX + "records:journal:{node}"  # list, one per consumers unit
+# JSON {waiting, since, error}, TTL 30 s: written by a unit's parent while its journal
+# cannot be written to the database; `appliance health` reports it (record_journal).
+RECORDS_JOURNAL_WAITING_KEY = KEY_PREFIX + "records:journal-waiting:{node}"
+RECORDS_JOURNAL_WAITING_TTL = 30

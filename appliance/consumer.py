@@ -67,10 +67,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
         if not broker_transport.deliver_from_loop:
             return super().call_soon_ack(p, *args, **kwargs)
-        try:
-            p(*args, **kwargs)
-        except Exception as exc:
-            logger.exception("ack failed: %r", exc)
+        p(*args, **kwargs)  # errors take the path they take from hub.call_soon
         return p
 
     def _keep(self, message: Any, reason: str) -> None:

@@ -113,6 +113,25 @@ def hard_time_limit_exceeded(tag: str, task_id: str, name: str, limit: float) ->
         logger.warning("%s[%s]: message not acked (%s)", name, task_id, _one_line(exc))
 
 
+def terminated(tag: str, task_id: str, name: str) -> None:
+    """Killed for a revoke with --terminate: REVOKED, and the message acked."""
+    from appliance.celery_app import app
+
+    reason = "terminated by operator"
+    try:
+        app.backend.mark_as_revoked(task_id, reason)
+    except Exception as exc:
+        logger.warning("%s[%s]: REVOKED result not stored (%s)", name, task_id, _one_line(exc))
+    record_signals.guarded(
+        lambda url: records.record_revoked(url, task_id=task_id, name=name, reason=reason)
+    )()
+    try:
+        with _channel() as channel:
+            _ack(channel, tag)
+    except Exception as exc:
+        logger.warning("%s[%s]: message not acked (%s)", name, task_id, _one_line(exc))
+
+
 def consumer_lost(tag: str, task_id: str, name: str, status: str) -> None:
     """The consumer died in the task: requeue it, or dead-letter it at the bound."""
     limit = get_settings().max_worker_lost

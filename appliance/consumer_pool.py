@@ -109,6 +109,19 @@ class LinkNotifier(Notifier):
         pass
 
 
+def share_rate_limits(app: Any, consumers: int) -> None:
+    """Celery keeps a task's rate limit per consuming process: each of a unit's N
+    consumers gets 1/N of it, so the unit starts no more than the rate the task names."""
+    from celery.utils.time import rate
+
+    if consumers <= 1:
+        return
+    for task in app.tasks.values():
+        limit = getattr(task, "rate_limit", None)
+        if limit:
+            task.rate_limit = f"{rate(limit) / consumers}/s"
+
+
 def _soft_limit_reached(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
 

@@ -56,6 +56,8 @@ HARD_LIMIT_GRACE_SECONDS = 1.0
 START_FAILURES_BEFORE_EXIT = 5
 RESPAWN_PAUSE_MAX_SECONDS = 10.0
 _TICK_SECONDS = 0.5
+# How often the parent looks for revokes with --terminate of the tasks it runs.
+TERMINATE_CHECK_SECONDS = 0.5
 
 
 @dataclass
@@ -88,9 +90,19 @@ def log_to_stderr(level: str) -> None:
     """The parent's own log lines (Celery configures logging in each consumer only)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/Supervisor] %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    for log in _parent_loggers():
+        log.addHandler(handler)
+        log.setLevel(level.upper())
+        log.propagate = False
+
+
+def _parent_loggers() -> list[logging.Logger]:
+    # The parent's own lines, and those of the journal flushes and checks it runs.
+    return [
+        logger,
+        logging.getLogger("appliance.records"),
+        logging.getLogger("appliance.recycling"),
+    ]
 
 
 # What a consumer imports on its way to consuming, imported once here before the forks:
@@ -151,6 +163,7 @@ class Supervisor:
     watchdog: float | None
     describe: str = ""
     flusher: Any = None  # appliance.records.journal.Flusher of this unit's records
+    redis: Any = None  # a redis-py client of the broker (fork-safe pool), for terminates
     consumers: dict[int, Consumer] = field(default_factory=dict)
     stopping: bool = False
     _signals: list[int] = field(default_factory=list)
@@ -163,6 +176,8 @@ class Supervisor:
     _next_status: float = 0.0
     _stop_deadline: float | None = None
     _finished: int = 0
+    _next_terminate_check: float = 0.0
+    _fresh_checked: bool = False
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -199,6 +214,7 @@ class Supervisor:
         self._reap()
         now = time.monotonic()
         self._enforce_limits(now)
+        self._terminate_revoked(now)
         for index, when in list(self._respawn_at.items()):
             if when <= now and not self.stopping:
                 del self._respawn_at[index]
@@ -240,8 +256,10 @@ class Supervisor:
 
     def _in_child(self, read_fd: int) -> None:
         signal.set_wakeup_fd(-1)
-        logger.handlers.clear()  # Celery sets up the consumer's own logging
-        logger.propagate = True
+        for log in _parent_loggers():
+            log.handlers.clear()  # Celery sets up the consumer's own logging
+            log.propagate = True
+            log.setLevel(logging.NOTSET)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         parent = os.getppid()
@@ -293,6 +311,12 @@ class Supervisor:
         elif kind == "R":
             consumer.ready = True
             self._start_failures = 0
+            if not self._fresh_checked:
+                self._fresh_checked = True  # as prefork does for its first child
+                from appliance.consumer_pool import limits
+                from appliance.recycling import check_fresh_child
+
+                check_fresh_child(consumer.pid, limits.max_memory_kib)
         # "W": the report itself is the news
 
     # -- exits ------------------------------------------------------------------------
@@ -323,6 +347,10 @@ class Supervisor:
 
                 hard_time_limit_exceeded(running.tag, running.task_id, running.name,
                                          running.hard_limit)  # fmt: skip
+            elif consumer.killed_for == "revoked":
+                from appliance.consumer_faults import terminated
+
+                terminated(running.tag, running.task_id, running.name)
             elif consumer.killed_for == "stop":
                 from appliance.consumer_faults import requeue
 
@@ -374,7 +402,7 @@ class Supervisor:
                 continue
             if now - running.since > running.hard_limit + HARD_LIMIT_GRACE_SECONDS:
                 logger.error(
-                    "Hard time limit (%gs) exceeded for %s[%s]: killing consumer %d (pid %d)",
+                    "Hard time limit (%ss) exceeded for %s[%s]: killing consumer %d (pid %d)",
                     running.hard_limit,
                     running.name,
                     running.task_id,
@@ -392,6 +420,33 @@ class Supervisor:
                         self.stop_timeout,
                     )
                     self._kill(consumer, "stop")
+
+    def _terminate_revoked(self, now: float) -> None:
+        """Kill the consumers running a task revoked with --terminate (operations.revoke)."""
+        if self.redis is None or now < self._next_terminate_check:
+            return
+        self._next_terminate_check = now + TERMINATE_CHECK_SECONDS
+        busy = [c for c in self.consumers.values() if c.running and not c.killed_for]
+        if not busy:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for consumer in busy:
+                pipe.zscore(C.TERMINATE_KEY, consumer.running.task_id)  # type: ignore[union-attr]
+            scores = pipe.execute()
+        except Exception as exc:
+            logger.debug("terminate requests not read: %s", exc)
+            return
+        for consumer, score in zip(busy, scores, strict=True):
+            if score is not None and consumer.running is not None:
+                logger.warning(
+                    "terminating %s[%s] (revoked with --terminate): killing consumer %d (pid %d)",
+                    consumer.running.name,
+                    consumer.running.task_id,
+                    consumer.index,
+                    consumer.pid,
+                )
+                self._kill(consumer, "revoked")
 
     def _kill(self, consumer: Consumer, why: str) -> None:
         consumer.killed_for = why

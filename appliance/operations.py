@@ -82,6 +82,9 @@ def revoke(settings: Settings, task_id: str, *, terminate: bool = False) -> None
         pipe = client(settings).pipeline(transaction=True)
         pipe.zadd(C.REVOKED_KEY, {task_id: now})
         pipe.zremrangebyscore(C.REVOKED_KEY, 0, now - C.REVOKED_KEEP_SECONDS)
+        if terminate:
+            pipe.zadd(C.TERMINATE_KEY, {task_id: now})
+            pipe.zremrangebyscore(C.TERMINATE_KEY, 0, now - C.TERMINATE_KEEP_SECONDS)
         pipe.execute()
         load_tasks().control.revoke(task_id, terminate=terminate, signal="SIGTERM")
     except (redis.RedisError, OSError) as exc:

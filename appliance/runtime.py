@@ -252,7 +252,16 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
     consumer_pool.limits = consumer_pool.ConsumerLimits(*recycle_limits(settings, options))
     count = options.concurrency or settings.concurrency or os.cpu_count() or 1
     supervision = worker_step.supervision
-    flusher = records_flusher(settings, options.group)
+    from appliance.broker import connect
+
+    # The parent's own client (redis-py pools are fork-safe): journal flushes, terminates.
+    client = connect(
+        settings.broker_url,
+        settings.redis_sentinel_master,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+    )
+    flusher = records_flusher(settings, options.group, client)
 
     def run_consumer(index: int, report_fd: int) -> int:
         from appliance.records import signals as record_signals
@@ -268,7 +277,10 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
         worker_step.supervision = dataclasses.replace(
             supervision, notifier=consumer_pool.LinkNotifier(), watchdog=CONSUMER_PING_SECONDS
         )
+        consumer_pool.share_rate_limits(app, count)
         return start_celery(app, worker_argv(settings, options, consumer=index))
+
+    from celery.utils.nodenames import host_format
 
     queues = ",".join(worker_queues(settings, options))
     return Supervisor(
@@ -277,12 +289,13 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
         stop_timeout=float(settings.stop_timeout),
         notifier=supervision.notifier,
         watchdog=supervision.watchdog,
-        describe=f"{options.group}: consuming {queues}; ",
+        describe=f"{host_format(f'{options.group}@%h')}: consuming {queues}; ",
         flusher=flusher,
+        redis=client,
     ).run()
 
 
-def records_flusher(settings: Settings, group: str) -> Any:
+def records_flusher(settings: Settings, group: str, client: Any) -> Any:
     """The journal flusher of a consumers unit (appliance/records/journal.py), if records
     are on."""
     url = settings.records_url
@@ -290,16 +303,9 @@ def records_flusher(settings: Settings, group: str) -> Any:
         return None
     from celery.utils.nodenames import host_format
 
-    from appliance.broker import connect
-    from appliance.records.journal import Flusher, journal_key
+    from appliance.records.journal import Flusher
 
-    client = connect(
-        settings.broker_url,
-        settings.redis_sentinel_master,
-        socket_timeout=2,
-        socket_connect_timeout=2,
-    )
-    return Flusher(client, journal_key(host_format(f"{group}@%h")), url)
+    return Flusher(client, host_format(f"{group}@%h"), url)
 
 
 def start_celery(app: Any, argv: list[str]) -> int:

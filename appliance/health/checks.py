@@ -303,6 +303,39 @@ def check_workers(cfg: HealthConfig, beats: list[dict[str, Any]], now: float) ->
     return checks
 
 
+def check_record_journal(conn: Resp, now: float) -> list[Check]:
+    """Final record writes waiting in a consumers unit's journal for the database."""
+    pattern = C.RECORDS_JOURNAL_WAITING_KEY.format(node="*")
+    keys: list[bytes] = []
+    cursor: Any = b"0"
+    while True:
+        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+        keys += batch
+        if cursor in (b"0", 0, "0"):
+            break
+    states = []
+    for key, raw in zip(keys, conn.call("MGET", *keys) if keys else [], strict=True):
+        try:
+            states.append((key.decode().rsplit(":", 1)[-1], json.loads(raw)))
+        except (TypeError, ValueError, AttributeError):
+            continue
+    if not states:
+        return []
+    waiting = sum(int(state.get("waiting", 0)) for _, state in states)
+    node, oldest = min(states, key=lambda s: float(s[1].get("since") or now))
+    age = max(0.0, now - float(oldest.get("since") or now))
+    return [
+        Check(
+            "record_journal",
+            WARNING,
+            f"{waiting} task record write(s) wait in Redis for the database "
+            f"({node}, {age:.0f} s: {oldest.get('error', '?')}); they are written when it "
+            "is back; fix: check APPLIANCE_DATABASE_URL and the database",
+            waiting,
+        )
+    ]
+
+
 def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     """A fresh tick from the beat leader."""
     raw = conn.call("GET", C.BEAT_TICK_KEY)
@@ -353,6 +386,7 @@ def run_redis_checks(cfg: HealthConfig) -> list[Check]:
             checks += check_queues(cfg, conn, now)
             checks += check_unacked(cfg, conn, now)
             checks += check_workers(cfg, read_heartbeats(conn), now)
+            checks += check_record_journal(conn, now)
             checks += check_beat(cfg, conn, now)
             checks += check_pidbox(cfg, conn, now)
             return checks

@@ -17,6 +17,7 @@ that never comes back leaves its journal for the next start under that node name
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -25,12 +26,11 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from appliance.constants import KEY_PREFIX, RECORDS_JOURNAL_CAP
+from appliance import constants as C
 
 logger = logging.getLogger("appliance.records")
 
-JOURNAL_KEY = KEY_PREFIX + "records:journal:{node}"
-JOURNAL_CAP = RECORDS_JOURNAL_CAP
+JOURNAL_CAP = C.RECORDS_JOURNAL_CAP
 FLUSH_SECONDS = 0.1
 FLUSH_BATCH = 1000
 # After a failed flush (database down), wait this long before the next one.
@@ -41,7 +41,7 @@ WRITERS = ("record_succeeded", "record_failed", "record_retry")
 
 
 def journal_key(node: str) -> str:
-    return JOURNAL_KEY.format(node=node)
+    return C.RECORDS_JOURNAL_KEY.format(node=node)
 
 
 def _tag(value: Any) -> Any:
@@ -90,10 +90,12 @@ def _transient(exc: Exception) -> bool:
 class Flusher:
     """Moves one unit's journal into the database (the consumers' parent runs it)."""
 
-    def __init__(self, client: Any, key: str, url: str) -> None:
-        self.client, self.key, self.url = client, key, url
+    def __init__(self, client: Any, node: str, url: str) -> None:
+        self.client, self.url = client, url
+        self.key = journal_key(node)
+        self._waiting_key = C.RECORDS_JOURNAL_WAITING_KEY.format(node=node)
         self._next = 0.0
-        self._failing = False
+        self._failing_since: float | None = None
         self.written = 0
 
     def due(self, now: float) -> bool:
@@ -109,22 +111,33 @@ class Flusher:
                 batch = self._flush_batch()
             except Exception as exc:
                 self._next = now + RETRY_SECONDS
-                if not self._failing:
-                    self._failing = True
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                if self._failing_since is None:
+                    self._failing_since = time.time()
                     logger.warning(
-                        "task records not flushed (%s: %s); they wait in Redis (%s) and are "
+                        "task records not flushed (%s); they wait in Redis (%s) and are "
                         "written when the database is back",
-                        type(exc).__name__,
-                        str(exc).splitlines()[0] if str(exc) else "",
+                        error,
                         self.key,
                     )
+                self._tell_health(error)
                 return done
-            if self._failing:
-                self._failing = False
+            if self._failing_since is not None:
+                self._failing_since = None
                 logger.info("task records flushed again")
+                with contextlib.suppress(Exception):
+                    self.client.delete(self._waiting_key)
             done += batch
             if batch < FLUSH_BATCH or not everything:
                 return done
+
+    def _tell_health(self, error: str) -> None:
+        """What `appliance health` reports as record_journal (best effort: Redis may be
+        what fails)."""
+        with contextlib.suppress(Exception):
+            waiting = int(self.client.llen(self.key))
+            state = {"waiting": waiting, "since": self._failing_since, "error": error[:300]}
+            self.client.set(self._waiting_key, json.dumps(state), ex=C.RECORDS_JOURNAL_WAITING_TTL)
 
     def _flush_batch(self) -> int:
         from appliance.records import store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def is_node_of(group: str, name: str) -> bool:
+    """A worker node name of *group*: GROUP@host (prefork), GROUP.N@host (consumer N)."""
+    return re.match(rf"{re.escape(group)}(\.\d+)?@", name) is not None
 
 
 def free_port() -> int:

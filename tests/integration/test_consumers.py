@@ -110,6 +110,6 @@ def test_the_hard_time_limit_kills_the_consumer_fails_the_task_and_acks_it(
     with pytest.raises(TaskFailedError, match="TimeLimitExceeded"):
         api.wait(task_id, 10)  # the result backend says so too
     wait_until(lambda: clean_redis.client().hlen("unacked") == 0, 30, "the message acked")
-    assert "Hard time limit (2s) exceeded for demo.with_cleanup" in worker.output()
+    assert "Hard time limit (2.0s) exceeded for demo.with_cleanup" in worker.output()
     # The unit serves on with a new consumer.
     assert api.wait(appliance.submit("demo.add", args=[1, 2]), 60) == 3

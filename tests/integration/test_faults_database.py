@@ -7,11 +7,13 @@ cluster private to the test (stopped with `pg_ctl stop -m fast`, then started ag
 The ledger is kept outside the database under test: the result backend (every task's
 result) and the probe task's execution tally on a SECOND redis-server
 (APPLIANCE_TEST_LEDGER_URL). Invariants: every accepted task ran and stored its result
-(lost = 0); the worker stays up; the gap is reported (the worker heartbeat's record-write
-error count and `appliance health --json`'s record_writes check); every record is in a
-coherent state (no SUCCESS without finished_at and result, no STARTED without started_at);
-once the database is back, new tasks get complete records again. Records whose final
-write failed even after its retries stay at their last written state (a counted gap).
+(lost = 0); the worker stays up; every record is in a coherent state (no SUCCESS without
+finished_at and result, no STARTED without started_at); once the database is back, new
+tasks get complete records again. Both topologies: on prefork the gap is reported (the
+worker heartbeat's record-write error count and `appliance health --json`'s
+record_writes check) and records whose final write failed even after its retries stay at
+their last written state (a counted gap); on consumers the final writes wait in the
+unit's journal, health reports them (record_journal), and every record catches up.
 """
 
 from __future__ import annotations
@@ -47,9 +49,20 @@ def cluster() -> Iterator[PrivateCluster]:
     dispose_all()  # this process's pooled connections to the cluster that is gone
 
 
-def _env(base: dict[str, str], broker: RedisServer, ledger: RedisServer) -> dict[str, str]:
+@pytest.fixture(params=("consumers", "prefork"))
+def topology(request: pytest.FixtureRequest) -> str:
+    """Prefork pool children write final records themselves (a failed one is a counted
+    gap); consumers carry them in the ack to their unit's journal, which waits for the
+    database (appliance/records/journal.py) and leaves no gap."""
+    return str(request.param)
+
+
+def _env(
+    base: dict[str, str], broker: RedisServer, ledger: RedisServer, topology: str
+) -> dict[str, str]:
     return dict(
         base,
+        APPLIANCE_WORKER_TOPOLOGY=topology,
         APPLIANCE_TASK_MODULES="tests.integration.probe_tasks",
         APPLIANCE_BROKER_URL=broker.broker_url,
         APPLIANCE_RESULT_BACKEND=broker.backend_url,
@@ -118,17 +131,25 @@ def _heartbeat_errors(broker: RedisServer) -> int:
     return sum(int(b.get("record_write_errors", 0)) for b in heartbeat.read_all(broker.client()))
 
 
-def _record_writes_check(env: dict[str, str]) -> dict[str, Any] | None:
+def _health_check(env: dict[str, str], name: str) -> dict[str, Any] | None:
     result = run_cli(env, "health", "--json", timeout=60)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
-    return checks.get("record_writes")
+    return checks.get(name)
 
 
 def _gap_reported(env: dict[str, str], broker: RedisServer) -> dict[str, Any]:
-    """Wait until the worker's heartbeat counts failed writes and health says so."""
+    """Wait until health says records are missing (prefork: the heartbeat counts failed
+    writes) or waiting in the journal (consumers)."""
+    if env["APPLIANCE_WORKER_TOPOLOGY"] == "consumers":
+        check = wait_until(
+            lambda: _health_check(env, "record_journal"), 90, "health's record_journal check"
+        )
+        assert check["status"] == "WARNING", check
+        assert check["value"] >= 1 and "fix:" in check["message"], check
+        return check
     wait_until(lambda: _heartbeat_errors(broker) > 0, 90, "record-write errors in a heartbeat")
-    check = wait_until(lambda: _record_writes_check(env), 60, "health's record_writes check")
+    check = wait_until(lambda: _health_check(env, "record_writes"), 60, "health's record_writes")
     assert check["status"] in ("WARNING", "CRITICAL"), check
     assert check["value"] >= 1 and "fix:" in check["message"], check
     return check
@@ -176,11 +197,22 @@ def _settle_and_check(
     runs = _runs(ledger, load + after)
     never_ran = [t for t, n in runs.items() if n == 0]
     assert never_ran == [], f"{len(never_ran)} accepted tasks never ran"  # lost = 0
+    if env["APPLIANCE_WORKER_TOPOLOGY"] == "consumers":
+        # The journal waited for the database: every record catches up, no gap.
+        wait_until(
+            lambda: all(r["status"] == "SUCCESS" for r in _records(url, load).values()),
+            120,
+            "every record of the load SUCCESS once the journal is written",
+        )
+        assert _health_check(env, "record_journal") is None
     records = _records(url, load + after)
     assert _incoherent(records) == []
     gaps = [t for t in load if t not in records or records[t]["status"] != "SUCCESS"]
     errors = _heartbeat_errors(broker)
-    assert errors >= 1
+    if env["APPLIANCE_WORKER_TOPOLOGY"] == "consumers":
+        assert gaps == []
+    else:
+        assert errors >= 1
     log = worker.output()
     assert "Traceback" not in log and "Unrecoverable error" not in log, log[-3000:]
     record_property("tasks", LOAD + AFTER)
@@ -202,8 +234,9 @@ def test_sqlite_locked_mid_load_tasks_run_the_gap_is_reported_and_records_resume
     ledger: RedisServer,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
+    topology: str,
 ) -> None:
-    env = _env(api_env, clean_redis, ledger)
+    env = _env(api_env, clean_redis, ledger, topology)
     url = env["APPLIANCE_DATABASE_URL"]
     database = url.removeprefix("sqlite:///")
     worker = ApplianceProcess(["worker", "-c", "2"], env, tmp_path / "worker.log")
@@ -258,9 +291,10 @@ def test_postgres_stopped_mid_load_tasks_run_the_gap_is_reported_and_the_worker_
     cluster: PrivateCluster,
     tmp_path: Path,
     record_property: Callable[[str, object], None],
+    topology: str,
 ) -> None:
     url = cluster.create_database("appliance")
-    env = dict(_env(api_env, clean_redis, ledger), APPLIANCE_DATABASE_URL=url)
+    env = dict(_env(api_env, clean_redis, ledger, topology), APPLIANCE_DATABASE_URL=url)
     upgraded = run_cli(env, "db", "upgrade", timeout=120)
     assert upgraded.returncode == 0, upgraded.stderr
     worker = ApplianceProcess(["worker", "-c", "2"], env, tmp_path / "worker.log")

@@ -34,8 +34,12 @@ def test_the_same_message_delivered_twice_runs_the_body_once(
     output = worker.output()
     assert output.count("charging order order-1") == 1
     assert "duplicate of" in output and "without running the body" in output
-    record = appliance.get_task(task_id)
-    assert record is not None and record["status"] == "SUCCESS"
+    # (A consumers unit writes final records through its journal, ~0.1 s after the ack.)
+    record = wait_until(
+        lambda: (r := appliance.get_task(task_id)) and r["status"] == "SUCCESS" and r,
+        10,
+        "the record SUCCESS",
+    )
     assert record["result"]["order_id"] == "order-1"
     assert redis.ttl(idem_key("demo.charge", "order-1")) > 0
 

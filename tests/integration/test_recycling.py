@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import appliance
 from appliance import api
+from tests.helpers.processes import wait_until
 from tests.integration import hog_tasks
 from tests.integration.conftest import WorkerFactory
 
@@ -27,7 +28,13 @@ def test_a_child_is_replaced_after_max_tasks(
     pids = [_pid_of("appliance.canary") for _ in range(9)]
     assert len(set(pids)) >= 3
     assert pids[:3] == [pids[0]] * 3  # jitter is ±10 %: a limit of 3 stays 3
-    worker.wait_for_output("replacing pool child", timeout=30)
+    wait_until(
+        lambda: (
+            "replacing pool child" in worker.output() or "replacing consumer" in worker.output()
+        ),
+        30,
+        "a recycle logged",
+    )
     assert "ran 3 tasks (limit 3)" in worker.output()
 
 

@@ -5,6 +5,7 @@ real Redis in tests/integration/test_consumers.py)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,17 @@ class _List:
 
     def __init__(self) -> None:
         self.items: list[bytes] = []
+        self.strings: dict[str, str] = {}
         self.down = False
+
+    def llen(self, key: str) -> int:
+        return len(self.items)
+
+    def set(self, key: str, value: str, ex: int | None = None) -> None:
+        self.strings[key] = value
+
+    def delete(self, key: str) -> None:
+        self.strings.pop(key, None)
 
     def rpush(self, key: str, value: str) -> None:
         self.items.append(value.encode())
@@ -114,15 +125,19 @@ def test_entries_wait_while_the_database_is_down(
         "task_id": "x", "name": "demo.add", "result": 1,
     }))  # fmt: skip
     missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
-    flusher = journal.Flusher(redis, "k", missing)
+    flusher = journal.Flusher(redis, "default@h", missing)
     assert flusher.flush(now=0.0) == 0
     assert len(redis.items) == 1  # kept for later
     assert not flusher.due(0.5) and flusher.due(journal.RETRY_SECONDS)
     assert "task records not flushed" in caplog.text
+    # What `appliance health` reports meanwhile (record_journal).
+    waiting = json.loads(redis.strings["appliance:records:journal-waiting:default@h"])
+    assert waiting["waiting"] == 1 and "OperationalError" in waiting["error"]
     flusher.url = url
     _published(url, "x")
     assert flusher.flush(now=5.0) == 1
     assert store.get_record(url, "x")["status"] == "SUCCESS"  # type: ignore[index]
+    assert redis.strings == {}
 
 
 def test_redis_down_keeps_the_journal_for_the_next_flush(url: str) -> None:

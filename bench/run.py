@@ -9,7 +9,8 @@ Contenders run in the same run, alternating, `--repeat` times; medians are print
 the ratio to the reference. Rows:
 
 1. drain of N pre-enqueued no-ops, 2 worker processes: the appliance's production
-   profile vs stock Celery durable (reference) vs Dramatiq defaults
+   profile, on each topology (prefork, consumers), vs stock Celery durable (reference)
+   vs Dramatiq defaults
 2. enqueue rate: appliance.submit / appliance.submit_many vs Celery delay vs Dramatiq send
 3. task records on vs off (the same production profile otherwise)
 4. enqueue-to-start latency p50/p99 at about 50 % of the measured capacity
@@ -38,7 +39,8 @@ from bench import recycle as R  # noqa: E402
 from tests.helpers.processes import wait_until  # noqa: E402
 from tests.helpers.redis_server import RedisServer, local_redis_server  # noqa: E402
 
-DRAIN = ("appliance", "celery-durable", "dramatiq", "celery-default", "appliance-prefork")
+DRAIN = ("appliance", "appliance-consumers", "celery-durable", "dramatiq", "celery-default")
+RECORDS = (("appliance", "appliance-norec"), ("appliance-consumers", "appliance-consumers-norec"))
 
 
 def median(values: list[float]) -> float:
@@ -95,22 +97,19 @@ def print_drain(runs: dict[str, list[D.DrainRun]], n: int) -> None:
 
 
 def print_records(runs: dict[str, list[D.DrainRun]]) -> None:
-    on = median([r.rate for r in runs["appliance"]])
-    off = median([r.rate for r in runs["appliance-norec"]])
-    rows = [
-        (
-            "records on",
-            f"{on:.0f} tasks/s",
-            ratio(on, off),
-            runs_text([r.rate for r in runs["appliance"]]),
-        ),
-        (
-            "records off",
-            f"{off:.0f} tasks/s",
-            "1.00x",
-            runs_text([r.rate for r in runs["appliance-norec"]]),
-        ),
-    ]
+    rows = []
+    for on_name, off_name in RECORDS:
+        on = median([r.rate for r in runs[on_name]])
+        off = median([r.rate for r in runs[off_name]])
+        rows += [
+            (
+                on_name,
+                f"{on:.0f} tasks/s",
+                ratio(on, off),
+                runs_text([r.rate for r in runs[on_name]]),
+            ),
+            (off_name, f"{off:.0f} tasks/s", "1.00x", runs_text([r.rate for r in runs[off_name]])),
+        ]
     table("3. task records on vs off, same profile (goal: on/off >= 0.9)", rows)
 
 
@@ -279,7 +278,7 @@ def main() -> None:
             if rows & {1, 7}:
                 names += list(DRAIN)
             if rows & {3, 7}:
-                names += ["appliance-norec"]
+                names += [name for pair in RECORDS for name in pair]
             names = list(dict.fromkeys(names))
             runs = drains(server, workdir, names, args.tasks, args.repeat) if names else {}
             if 1 in rows:
@@ -301,7 +300,9 @@ def main() -> None:
         health = H.measure(rounds=5)
         printers.append(lambda: H.report(health))
     if 6 in rows:
-        recycle = R.measure(n=2000, limits=[0, 1000, 100, 10], repeat=1, pools=["consumers"])
+        recycle = R.measure(
+            n=2000, limits=[0, 1000, 100, 10], repeat=1, pools=["prefork", "consumers"]
+        )
         printers.append(lambda: R.report(recycle))
     print(f"\n=== results ({time.monotonic() - started:.0f} s, {args.repeat} rounds each)")
     for printer in printers:

@@ -27,7 +27,6 @@ worker does; their messages come back after the visibility timeout, as in prefor
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import selectors
@@ -36,6 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from billiard.common import human_status
 
 from appliance import constants as C
 from appliance.consumer_pool import EX_RECYCLE
@@ -144,12 +145,8 @@ def preload_worker_modules() -> None:
 
 
 def exit_status(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"signal {-code} ({signal.Signals(-code).name})"
-        return f"signal {-code}"
-    return f"exitcode {code}"
+    """A wait status as billiard words a child's end: 'signal 9 (SIGKILL)', 'exitcode 3'."""
+    return str(human_status(os.waitstatus_to_exitcode(status)))
 
 
 @dataclass
@@ -514,12 +511,3 @@ class Supervisor:
             f"{self.describe}{len(self.consumers)} consumer(s); done {self._finished}, "
             f"active {running}"
         )
-
-
-def held_message(client: Any, unacked_key: str, tag: str) -> tuple[dict[str, Any], str] | None:
-    """The message kombu tracks as unacked under *tag*, and its routing key."""
-    raw = client.hget(unacked_key, tag)
-    if not raw:
-        return None
-    message, _exchange, routing_key = json.loads(raw)
-    return message, str(routing_key or "")

@@ -261,7 +261,10 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
         socket_timeout=2,
         socket_connect_timeout=2,
     )
-    flusher = records_flusher(settings, options.group, client)
+    from celery.utils.nodenames import host_format
+
+    node = host_format(f"{options.group}@%h")
+    flusher = records_flusher(settings, node, client)
 
     def run_consumer(index: int, report_fd: int) -> int:
         from appliance.records import signals as record_signals
@@ -280,8 +283,6 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
         consumer_pool.share_rate_limits(app, count)
         return start_celery(app, worker_argv(settings, options, consumer=index))
 
-    from celery.utils.nodenames import host_format
-
     queues = ",".join(worker_queues(settings, options))
     return Supervisor(
         count=count,
@@ -289,23 +290,21 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
         stop_timeout=float(settings.stop_timeout),
         notifier=supervision.notifier,
         watchdog=supervision.watchdog,
-        describe=f"{host_format(f'{options.group}@%h')}: consuming {queues}; ",
+        describe=f"{node}: consuming {queues}; ",
         flusher=flusher,
         redis=client,
     ).run()
 
 
-def records_flusher(settings: Settings, group: str, client: Any) -> Any:
-    """The journal flusher of a consumers unit (appliance/records/journal.py), if records
-    are on."""
+def records_flusher(settings: Settings, node: str, client: Any) -> Any:
+    """The journal flusher of the consumers unit *node* (appliance/records/journal.py), if
+    records are on."""
     url = settings.records_url
     if url is None:
         return None
-    from celery.utils.nodenames import host_format
-
     from appliance.records.journal import Flusher
 
-    return Flusher(client, host_format(f"{group}@%h"), url)
+    return Flusher(client, node, url)
 
 
 def start_celery(app: Any, argv: list[str]) -> int:

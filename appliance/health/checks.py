@@ -236,24 +236,34 @@ def check_unacked(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     return [Check("unacked", OK, f"{stats['count']} unacked", stats["count"]), aged]
 
 
-def read_heartbeats(conn: Resp) -> list[dict[str, Any]]:
-    pattern = C.WORKER_HEARTBEAT_KEY.format(hostname="*")
+def _scan(conn: Resp, pattern: str, count: int = 500) -> list[bytes]:
+    """Every key matching *pattern* (SCAN, never KEYS: the broker is busy)."""
     keys: list[bytes] = []
-    cursor = b"0"
+    cursor: Any = b"0"
     while True:
-        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", count)
         keys += batch
         if cursor in (b"0", 0, "0"):
             break
+    return keys
+
+
+def _json_values(conn: Resp, pattern: str) -> list[tuple[bytes, Any]]:
+    """(key, decoded JSON value) of every key matching *pattern*; garbage is skipped."""
+    keys = _scan(conn, pattern)
     if not keys:
         return []
-    beats = []
-    for raw in conn.call("MGET", *keys):
+    found = []
+    for key, raw in zip(keys, conn.call("MGET", *keys), strict=True):
         try:
-            beats.append(json.loads(raw))
+            found.append((key, json.loads(raw)))
         except (TypeError, ValueError):
             continue
-    return beats
+    return found
+
+
+def read_heartbeats(conn: Resp) -> list[dict[str, Any]]:
+    return [beat for _, beat in _json_values(conn, C.WORKER_HEARTBEAT_KEY.format(hostname="*"))]
 
 
 def check_workers(cfg: HealthConfig, beats: list[dict[str, Any]], now: float) -> list[Check]:
@@ -305,20 +315,11 @@ def check_workers(cfg: HealthConfig, beats: list[dict[str, Any]], now: float) ->
 
 def check_record_journal(conn: Resp, now: float) -> list[Check]:
     """Final record writes waiting in a consumers unit's journal for the database."""
-    pattern = C.RECORDS_JOURNAL_WAITING_KEY.format(node="*")
-    keys: list[bytes] = []
-    cursor: Any = b"0"
-    while True:
-        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
-        keys += batch
-        if cursor in (b"0", 0, "0"):
-            break
-    states = []
-    for key, raw in zip(keys, conn.call("MGET", *keys) if keys else [], strict=True):
-        try:
-            states.append((key.decode().rsplit(":", 1)[-1], json.loads(raw)))
-        except (TypeError, ValueError, AttributeError):
-            continue
+    states = [
+        (key.decode(errors="replace").rsplit(":", 1)[-1], state)
+        for key, state in _json_values(conn, C.RECORDS_JOURNAL_WAITING_KEY.format(node="*"))
+        if isinstance(state, dict)
+    ]
     if not states:
         return []
     waiting = sum(int(state.get("waiting", 0)) for _, state in states)
@@ -363,12 +364,7 @@ def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
 
 def check_pidbox(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     """Reply keys of remote-control calls: they never expire (celery #6089) and pile up."""
-    count, cursor = 0, b"0"
-    while True:
-        cursor, batch = conn.call("SCAN", cursor, "MATCH", PIDBOX_REPLY_PATTERN, "COUNT", 1000)
-        count += len(batch)
-        if cursor in (b"0", 0, "0"):
-            break
+    count = len(_scan(conn, PIDBOX_REPLY_PATTERN, count=1000))
     check = _measured(
         "pidbox_orphans", count, "", cfg.threshold("pidbox_orphans"), "pidbox reply keys"
     )

@@ -36,6 +36,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from appliance.constants import RECORDS_JOURNAL_CAP
+from appliance.result_backend import STORE_UNLESS_SUCCESS_LUA
 
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
@@ -59,23 +60,15 @@ fetch_on_ack = True
 # delivery tag}, the list key '' when the queues are empty and the tag '' when the item
 # is not a kombu message (left untracked for the caller to dead-letter). The unacked
 # entry is byte for byte what kombu's QoS.append writes: [message, exchange, routing_key].
-ACK_AND_FETCH = """
+ACK_AND_FETCH = (
+    STORE_UNLESS_SUCCESS_LUA
+    + """
 if ARGV[8] and ARGV[8] ~= '' and redis.call('LLEN', ARGV[8]) >= tonumber(ARGV[10]) then
   return {-1}
 end
 if ARGV[3] and ARGV[3] ~= '' then
   redis.call('SELECT', ARGV[6])
-  local current = redis.call('GET', ARGV[3])
-  local ok, meta = false, nil
-  if current then ok, meta = pcall(cjson.decode, current) end
-  if not (ok and type(meta) == 'table' and meta['status'] == 'SUCCESS') then
-    if tonumber(ARGV[5]) > 0 then
-      redis.call('SET', ARGV[3], ARGV[4], 'EX', ARGV[5])
-    else
-      redis.call('SET', ARGV[3], ARGV[4])
-    end
-    redis.call('PUBLISH', ARGV[3], ARGV[4])
-  end
+  store_unless_success(ARGV[3], ARGV[4], ARGV[5])
   redis.call('SELECT', ARGV[7])
 end
 if ARGV[8] and ARGV[8] ~= '' then
@@ -105,6 +98,7 @@ for i = 3, #KEYS do
 end
 return {0, '', '', ''}
 """
+)
 
 
 @dataclass
@@ -283,13 +277,6 @@ class _GarbageTolerant:
 
     # -- ack-and-fetch ----------------------------------------------------------------
 
-    def _ack_or_hold(self, delivery_tag: str, ack: Callable[[], None]) -> None:
-        try:
-            ack()
-        except Exception:
-            self._failed_ack(delivery_tag)
-            raise
-
     def _failed_ack(self, delivery_tag: str) -> None:
         """A consumer process's ack failed (Redis paused, connection gone): free its
         prefetch slot, or, holding its only slot, it would never poll Redis again and so
@@ -308,54 +295,21 @@ class _GarbageTolerant:
             owed.pop(0)
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        qos = self.qos
         carried = _take_carried()
-        if self.__dict__.get("_acks_owed"):
-            try:
-                self._pay_owed_acks()
-            except Exception:
-                carried.write_now()
-                self._failed_ack(delivery_tag)
-                raise
-        if (
-            get_event_loop() is None  # not a worker's event loop: kombu's own ack
-            or not fetch_on_ack
-            or (deliver_from_loop and (worker_state.should_stop or worker_state.should_terminate))
-            or (self.__dict__.get("_delivering") and not deliver_from_loop)
-            or self._in_poll  # a BRPOP is out: it may deliver the next message itself
-            or self.global_keyprefix
-            or not self.active_queues
-            or (
-                qos.prefetch_count
-                and len(qos._delivered) - len(qos._dirty) - 1 >= qos.prefetch_count
-            )
-        ):
-            carried.write_now()
-            self._ack_or_hold(delivery_tag, lambda: super(_GarbageTolerant, self).basic_ack(
-                delivery_tag, multiple))  # fmt: skip
-            return
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        with self.conn_or_acquire() as client:  # the channel's one client, see above
-            script = self.__dict__.get("_ack_and_fetch")
-            if script is None:
-                script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
-            try:
-                fetched = script(
-                    keys=[self.unacked_index_key, self.unacked_key, *keys],
-                    args=[delivery_tag, time.time(), *carried.script_args()],
-                )
-                if int(fetched[0]) < 0:  # the journal is full: the record goes directly
-                    carried.write_record_now()
-                    fetched = script(
-                        keys=[self.unacked_index_key, self.unacked_key, *keys],
-                        args=[delivery_tag, time.time(), *carried.script_args()],
-                    )
-            except Exception:
-                carried.write_now()  # result and record first, with their own retries
-                self._failed_ack(delivery_tag)
-                raise
-        virtual.QoS.ack(qos, delivery_tag)
+        plain = self._plain_ack()
+        if plain:
+            carried.write_now()  # result and record before the ack
+        try:
+            self._pay_owed_acks()
+            if plain:
+                super().basic_ack(delivery_tag, multiple)
+                return
+            fetched = self._ack_and_fetch_script(delivery_tag, carried)
+        except Exception:
+            carried.write_now()  # result and record first, with their own retries
+            self._failed_ack(delivery_tag)
+            raise
+        virtual.QoS.ack(self.qos, delivery_tag)
         _, key, item, tag = fetched
         if not key:
             return
@@ -366,6 +320,39 @@ class _GarbageTolerant:
             self._deliver_next_turn(payload, dest, bytes_to_str(tag))
             return
         self._deliver_fetched(payload, dest, bytes_to_str(tag))
+
+    def _plain_ack(self) -> bool:
+        """kombu's own ack, without fetching the next message."""
+        qos = self.qos
+        return bool(
+            get_event_loop() is None  # not a worker's event loop
+            or not fetch_on_ack
+            or (deliver_from_loop and (worker_state.should_stop or worker_state.should_terminate))
+            or (self.__dict__.get("_delivering") and not deliver_from_loop)
+            or self._in_poll  # a BRPOP is out: it may deliver the next message itself
+            or self.global_keyprefix
+            or not self.active_queues
+            or (
+                qos.prefetch_count
+                and len(qos._delivered) - len(qos._dirty) - 1 >= qos.prefetch_count
+            )
+        )
+
+    def _ack_and_fetch_script(self, delivery_tag: str, carried: _Carried) -> Any:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        keys = [self.unacked_index_key, self.unacked_key, *lists]
+        with self.conn_or_acquire() as client:  # the channel's one client, see above
+            script = self.__dict__.get("_ack_and_fetch")
+            if script is None:
+                script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
+            fetched = script(keys=keys, args=[delivery_tag, time.time(), *carried.script_args()])
+            if int(fetched[0]) < 0:  # the journal is full: the record goes directly
+                carried.write_record_now()
+                fetched = script(
+                    keys=keys, args=[delivery_tag, time.time(), *carried.script_args()]
+                )
+        return fetched
 
     def _deliver_next_turn(self, payload: dict[str, Any], queue: str, tag: str) -> None:
         """A consumer process: deliver from the event loop, not inside the current task."""

@@ -45,22 +45,29 @@ class _SubscribeOnWait:
 
 # Store a task's state unless it is SUCCESS already, and announce it to waiting clients.
 # Celery's own store takes two round trips per state (GET, then a SET + PUBLISH pipeline);
-# this script takes one, with the same guard against a redelivered task overwriting a
-# success. A value that is not JSON (never written by us) is overwritten as Celery would.
-_STORE_UNLESS_SUCCESS = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+# this takes one, with the same guard against a redelivered task overwriting a success.
+# A value that is not JSON (never written by us) is overwritten as Celery would. A Lua
+# function, so that ack-and-fetch's script (broker_transport) stores a result by the
+# same rule. Returns 1 when stored, 0 when a SUCCESS was there.
+STORE_UNLESS_SUCCESS_LUA = """
+local function store_unless_success(key, value, ttl)
+  local current = redis.call('GET', key)
+  if current then
+    local ok, meta = pcall(cjson.decode, current)
+    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+  end
+  if tonumber(ttl) > 0 then
+    redis.call('SET', key, value, 'EX', ttl)
+  else
+    redis.call('SET', key, value)
+  end
+  redis.call('PUBLISH', key, value)
+  return 1
 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
 """
+_STORE_UNLESS_SUCCESS = (
+    STORE_UNLESS_SUCCESS_LUA + "return store_unless_success(KEYS[1], ARGV[1], ARGV[2])\n"
+)
 
 
 def databases_on_one_server(broker_url: str, backend_url: str) -> tuple[int, int] | None:

@@ -38,6 +38,8 @@ from kombu.utils.json import loads
 from appliance.constants import RECORDS_JOURNAL_CAP
 from appliance.result_backend import STORE_UNLESS_SUCCESS_LUA
 
+logger = logging.getLogger("appliance.consumer")
+
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
 # Set in a consumer process (tasks run inline, where they are fetched: the consumers
@@ -154,7 +156,7 @@ def task_ends() -> None:
     try:
         _take_carried().write_now()
     except Exception as exc:  # the backend's retries are spent: as a failed store in trace
-        logging.getLogger("appliance.consumer").error("task result not stored: %r", exc)
+        logger.error("task result not stored: %r", exc)
 
 
 def _take_carried() -> _Carried:
@@ -277,15 +279,27 @@ class _GarbageTolerant:
 
     # -- ack-and-fetch ----------------------------------------------------------------
 
-    def _failed_ack(self, delivery_tag: str) -> None:
-        """A consumer process's ack failed (Redis paused, connection gone): free its
-        prefetch slot, or, holding its only slot, it would never poll Redis again and so
-        never notice the connection is gone; the ack is made again with the next one. The
-        message stays unacked in Redis meanwhile (a restart before then gets it
-        redelivered after the visibility timeout, as any unacked message)."""
+    def _free_slot(self, delivery_tag: str) -> None:
+        """A consumer process: give up the local hold on a message whose ack could not be
+        made; it stays unacked in Redis (another worker or this one's restart takes it
+        back after the visibility timeout, as any unacked message). Holding its only
+        prefetch slot, the consumer would never poll Redis again, and so never notice
+        that Redis refuses or the connection is gone."""
+        if deliver_from_loop:
+            self.qos._delivered.pop(delivery_tag, None)
+
+    def _failed_ack(self, delivery_tag: str, carried: _Carried, exc: Exception) -> None:
+        """A consumer process's ack failed (Redis paused or refusing writes, connection
+        gone). Celery drops an error of an ack made inside the task's delivery (the ack
+        promise's error handler), so it is logged here. The result and record the ack
+        carried are written first, with their own retries; the ack is made again with the
+        next one only once they are, or the task would end acked without them: if they
+        fail too, the message is left to come back at the visibility timeout."""
         if not deliver_from_loop:
             return
-        self.qos._delivered.pop(delivery_tag, None)
+        logger.error("the ack of message %s failed (%s: %s)", delivery_tag, type(exc).__name__, exc)
+        self._free_slot(delivery_tag)
+        carried.write_now()
         self.__dict__.setdefault("_acks_owed", []).append(delivery_tag)
 
     def _pay_owed_acks(self) -> None:
@@ -298,16 +312,19 @@ class _GarbageTolerant:
         carried = _take_carried()
         plain = self._plain_ack()
         if plain:
-            carried.write_now()  # result and record before the ack
+            try:
+                carried.write_now()  # result and record before the ack
+            except Exception:
+                self._free_slot(delivery_tag)  # not written: no ack; it comes back
+                raise
         try:
             self._pay_owed_acks()
             if plain:
                 super().basic_ack(delivery_tag, multiple)
                 return
             fetched = self._ack_and_fetch_script(delivery_tag, carried)
-        except Exception:
-            carried.write_now()  # result and record first, with their own retries
-            self._failed_ack(delivery_tag)
+        except Exception as exc:
+            self._failed_ack(delivery_tag, carried, exc)
             raise
         virtual.QoS.ack(self.qos, delivery_tag)
         _, key, item, tag = fetched

@@ -36,9 +36,6 @@ FLUSH_BATCH = 1000
 # After a failed flush (database down), wait this long before the next one.
 RETRY_SECONDS = 1.0
 
-# The writers an entry may name (appliance.records.store).
-WRITERS = ("record_succeeded", "record_failed", "record_retry")
-
 
 def journal_key(node: str) -> str:
     return C.RECORDS_JOURNAL_KEY.format(node=node)
@@ -74,9 +71,11 @@ def encode(writer: str, kwargs: dict[str, Any]) -> str:
 
 
 def decode(entry: bytes | str) -> tuple[str, dict[str, Any]]:
+    from appliance.records.store import BULK_WRITERS
+
     data = json.loads(entry, object_hook=_untag)
     writer = data["w"]
-    if writer not in WRITERS:
+    if writer not in BULK_WRITERS:
         raise ValueError(f"unknown writer {writer!r}")
     return writer, dict(data["kw"])
 
@@ -152,9 +151,7 @@ class Flusher:
             except (ValueError, KeyError, TypeError) as exc:
                 logger.error("journal entry dropped (%s): %r", exc, entry[:500])
         try:
-            with store.batch(self.url):
-                for writer, kwargs in writes:
-                    getattr(store, writer)(self.url, **kwargs)
+            store.write_many(self.url, writes)
         except Exception as exc:
             if _transient(exc):
                 raise

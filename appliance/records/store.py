@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -165,28 +165,45 @@ def delete_records(url: str, task_ids: Sequence[str], chunk: int = 500) -> None:
             )
 
 
-_batch: ContextVar[Connection | None] = ContextVar("appliance_records_batch", default=None)
+# A plan of one final write: the UPDATE's shape (its keys, whether it spares a final
+# state), its parameters, and the row to insert when no row was updated.
+_Plan = tuple[tuple[str, ...], bool, dict[str, Any], dict[str, Any]]
+_plans: ContextVar[list[_Plan] | None] = ContextVar("appliance_records_plans", default=None)
+
+# The writers a bulk write may name (the record journal's entries).
+BULK_WRITERS = ("record_succeeded", "record_failed", "record_retry")
 
 
-@contextmanager
-def batch(url: str) -> Iterator[None]:
-    """The writes in this block share one transaction (the journal's bulk flush)."""
+def write_many(url: str, writes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Several writes (writer name, keyword arguments) in one transaction, as if made one
+    after the other: each run of same-shaped UPDATEs is one executemany (the record
+    journal's bulk flush); a run that updated fewer rows than it has (records of a
+    producer that writes none) is made again one by one, inserting the missing rows."""
+    plans: list[_Plan] = []
+    token = _plans.set(plans)
+    try:
+        for writer, kwargs in writes:
+            if writer not in BULK_WRITERS:
+                raise ValueError(f"not a bulk writer: {writer!r}")
+            globals()[writer](url, **kwargs)
+    finally:
+        _plans.reset(token)
     with get_engine(url).begin() as conn:
-        token = _batch.set(conn)
-        try:
-            yield
-        finally:
-            _batch.reset(token)
+        counts = conn.dialect.supports_sane_multi_rowcount
+        for (keys, unless_final), group in itertools.groupby(plans, key=lambda p: p[:2]):
+            run = list(group)
+            stmt = _update_stmt(keys, unless_final)
+            many = [params for _, _, params, _ in run]
+            if counts and len(run) > 1 and conn.execute(stmt, many).rowcount == len(run):
+                continue
+            for _, _, params, row in run:  # the same UPDATEs again: idempotent
+                _execute_plan(conn, stmt, params, row)
 
 
-@contextmanager
-def _begin(url: str) -> Iterator[Connection]:
-    conn = _batch.get()
-    if conn is not None:
-        yield conn
-        return
-    with get_engine(url).begin() as conn:
-        yield conn
+def _execute_plan(conn: Connection, stmt: Any, params: dict[str, Any], row: dict[str, Any]) -> None:
+    if getattr(conn.execute(stmt, params), "rowcount", 1) == 0:
+        # Published by a producer that does not write records (e.g. plain Celery).
+        _insert_ignore(conn, row)
 
 
 def _update_or_insert(
@@ -198,22 +215,21 @@ def _update_or_insert(
 ) -> None:
     values = {**values, "updated_at": now()}
     keys = tuple(sorted(values))
-    params = {f"v_{key}": values[key] for key in keys}
-    with _begin(url) as conn:
-        result = conn.execute(_update_stmt(keys, unless_final), {"v_task_id": task_id, **params})
-        if getattr(result, "rowcount", 1) == 0:
-            # Published by a producer that does not write records (e.g. plain Celery).
-            _insert_ignore(
-                conn,
-                {
-                    "id": task_id,
-                    "created_at": values["updated_at"],
-                    "progress": 0,
-                    "retries": 0,
-                    **insert_defaults,
-                    **values,
-                },
-            )
+    params = {"v_task_id": task_id, **{f"v_{key}": values[key] for key in keys}}
+    row = {
+        "id": task_id,
+        "created_at": values["updated_at"],
+        "progress": 0,
+        "retries": 0,
+        **insert_defaults,
+        **values,
+    }
+    plans = _plans.get()
+    if plans is not None:
+        plans.append((keys, unless_final, params, row))
+        return
+    with get_engine(url).begin() as conn:
+        _execute_plan(conn, _update_stmt(keys, unless_final), params, row)
 
 
 def record_started(

@@ -117,6 +117,37 @@ def test_a_late_retry_entry_never_overwrites_the_next_attempts_success(url: str)
     assert store.get_record(url, "r")["status"] == "SUCCESS"  # type: ignore[index]
 
 
+def test_a_bulk_write_updates_in_runs_inserts_missing_rows_and_keeps_the_order(
+    url: str,
+) -> None:
+    # "a".."e" were published with records; "m" by a producer that writes none; "x" is
+    # retried, then succeeds, then a late retry arrives, all in one batch.
+    _published(url, "a", "b", "c", "d", "e", "x")
+    succeeded = [("record_succeeded", {"task_id": t, "name": "demo.add", "result": i})
+                 for i, t in enumerate(("a", "b", "m", "c"))]  # fmt: skip
+    writes = [
+        *succeeded,
+        ("record_failed", {"task_id": "d", "name": "demo.add", "error": "E", "traceback": None}),
+        ("record_failed", {"task_id": "e", "name": "demo.add", "error": "F", "traceback": None}),
+        ("record_retry", {"task_id": "x", "name": "demo.flaky", "error": "r1", "retries": 1}),
+        ("record_succeeded", {"task_id": "x", "name": "demo.flaky", "result": "ok"}),
+        ("record_retry", {"task_id": "x", "name": "demo.flaky", "error": "late", "retries": 1}),
+    ]
+    store.write_many(url, writes)
+    records = {r["id"]: r for r in store.list_records(url)}
+    assert {t: records[t]["result"] for t in ("a", "b", "m", "c")} == {
+        "a": 0,
+        "b": 1,
+        "m": 2,
+        "c": 3,
+    }
+    assert records["m"]["status"] == "SUCCESS" and records["m"]["name"] == "demo.add"
+    assert (records["d"]["error"], records["e"]["error"]) == ("E", "F")
+    assert records["x"]["status"] == "SUCCESS" and records["x"]["result"] == "ok"
+    with pytest.raises(ValueError, match="not a bulk writer"):
+        store.write_many(url, [("delete_records", {})])
+
+
 def test_entries_wait_while_the_database_is_down(
     url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

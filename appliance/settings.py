@@ -110,10 +110,11 @@ class Settings(BaseSettings):
     record_retention_days: int = Field(C.DEFAULT_RECORD_RETENTION_DAYS, gt=0)
     timezone: str = "UTC"
     concurrency: int | None = Field(None, gt=0)
-    # prefork: Celery's main process hands each task to a pool child (appliance/pool.py);
-    # consumers: every process consumes and runs its tasks itself under a supervising
-    # parent (appliance/consumers.py), about twice prefork's drain rate of short tasks.
-    worker_topology: Literal["prefork", "consumers"] = "prefork"
+    # consumers (the default): every process consumes and runs its tasks itself under a
+    # supervising parent (appliance/consumers.py), about twice prefork's drain rate of
+    # short tasks; prefork: Celery's main process hands each task to a pool child
+    # (appliance/pool.py).
+    worker_topology: Literal["prefork", "consumers"] = "consumers"
     # Messages each pool process reserves ahead (acks late: they stay in Redis's unacked
     # set until done, so a dead worker's reserve comes back). 1 suits long tasks.
     prefetch_multiplier: int = Field(1, gt=0)

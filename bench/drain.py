@@ -5,10 +5,10 @@ flushed before each run, and 2 worker processes:
 
 - appliance          `appliance worker -c 2`: the production profile as install.sh deploys
                      it (acks late, records on in SQLite WAL, result backend, recycling at
-                     1000 tasks; the prefork topology, the default)
+                     1000 tasks; the default topology, consumers: 2 consumer processes
+                     under a supervising parent)
 - appliance-norec    the same with APPLIANCE_RECORDS_ENABLED=false
-- appliance-consumers(-norec)  the same on the consumers topology (`--topology consumers`:
-                     2 consumer processes under a supervising parent)
+- appliance-prefork(-norec)  the same on the prefork topology (`--topology prefork`)
 - celery-durable     stock Celery 5.7 with task_acks_late=True, prefetch multiplier 1
 - celery-default     stock Celery 5.7 defaults
 - dramatiq           Dramatiq defaults (`dramatiq -p 2`, 8 threads each)
@@ -105,12 +105,12 @@ def contenders(server: RedisServer, workdir: Path) -> dict[str, Contender]:
             dict(env, BENCH_DURABLE="1"),
             queue="celery",
         ),
-        "appliance-consumers": Contender(
-            "appliance-consumers", [*appliance, "--topology", "consumers"], env, records=True
+        "appliance-prefork": Contender(
+            "appliance-prefork", [*appliance, "--topology", "prefork"], env, records=True
         ),
-        "appliance-consumers-norec": Contender(
-            "appliance-consumers-norec",
-            [*appliance, "--topology", "consumers"],
+        "appliance-prefork-norec": Contender(
+            "appliance-prefork-norec",
+            [*appliance, "--topology", "prefork"],
             dict(env, APPLIANCE_RECORDS_ENABLED="false"),
         ),
         "dramatiq": Contender(

@@ -9,8 +9,8 @@ Contenders run in the same run, alternating, `--repeat` times; medians are print
 the ratio to the reference. Rows:
 
 1. drain of N pre-enqueued no-ops, 2 worker processes: the appliance's production
-   profile, on each topology (prefork, consumers), vs stock Celery durable (reference)
-   vs Dramatiq defaults
+   profile (the default topology, consumers; and prefork) vs stock Celery durable
+   (reference) vs Dramatiq defaults
 2. enqueue rate: appliance.submit / appliance.submit_many vs Celery delay vs Dramatiq send
 3. task records on vs off (the same production profile otherwise)
 4. enqueue-to-start latency p50/p99 at about 50 % of the measured capacity
@@ -39,8 +39,8 @@ from bench import recycle as R  # noqa: E402
 from tests.helpers.processes import wait_until  # noqa: E402
 from tests.helpers.redis_server import RedisServer, local_redis_server  # noqa: E402
 
-DRAIN = ("appliance", "appliance-consumers", "celery-durable", "dramatiq", "celery-default")
-RECORDS = (("appliance", "appliance-norec"), ("appliance-consumers", "appliance-consumers-norec"))
+DRAIN = ("appliance", "appliance-prefork", "celery-durable", "dramatiq", "celery-default")
+RECORDS = (("appliance", "appliance-norec"), ("appliance-prefork", "appliance-prefork-norec"))
 
 
 def median(values: list[float]) -> float:

@@ -57,7 +57,7 @@ def appliance_env(
     monkeypatch.setenv("APPLIANCE_BROKER_URL", clean_redis.broker_url)
     monkeypatch.setenv("APPLIANCE_RESULT_BACKEND", clean_redis.backend_url)
     monkeypatch.setenv("APPLIANCE_DATABASE_URL", f"sqlite:///{tmp_path / 'records.db'}")
-    # The whole suite on another worker topology, by hand: APPLIANCE_TEST_TOPOLOGY=consumers.
+    # The whole suite on the other worker topology, by hand: APPLIANCE_TEST_TOPOLOGY=prefork.
     if os.environ.get("APPLIANCE_TEST_TOPOLOGY"):
         monkeypatch.setenv("APPLIANCE_WORKER_TOPOLOGY", os.environ["APPLIANCE_TEST_TOPOLOGY"])
     get_settings.cache_clear()

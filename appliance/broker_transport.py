@@ -50,6 +50,9 @@ deliver_from_loop = False
 last_fetched_tag: str | None = None
 # False once a consumer retires or stops: its last ack takes no next message.
 fetch_on_ack = True
+# A consumer process's acks that could not be made (Redis refused or was gone), made
+# before its next one.
+acks_owed: list[str] = []
 
 # KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
 # ARGV: the delivery tag to ack ('' for none), the time to track the next message at;
@@ -300,13 +303,12 @@ class _GarbageTolerant:
         logger.error("the ack of message %s failed (%s: %s)", delivery_tag, type(exc).__name__, exc)
         self._free_slot(delivery_tag)
         carried.write_now()
-        self.__dict__.setdefault("_acks_owed", []).append(delivery_tag)
+        acks_owed.append(delivery_tag)
 
     def _pay_owed_acks(self) -> None:
-        owed = self.__dict__.get("_acks_owed")
-        while owed:
-            self.qos._remove_from_indices(owed[0]).execute()
-            owed.pop(0)
+        while acks_owed:
+            self.qos._remove_from_indices(acks_owed[0]).execute()
+            acks_owed.pop(0)
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         carried = _take_carried()

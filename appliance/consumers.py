@@ -13,8 +13,11 @@ broker connection while it forks, keeps the promises prefork's main process keep
   (:mod:`appliance.worker_lost`) - instead of waiting out the visibility timeout;
 - the hard time limit: a consumer still in a task past its limit is killed, the task
   gets a FAILURE result and record (``TimeLimitExceeded``) and its message is acked;
-- recycling: a consumer that retires (task count, unique memory) exits with
-  ``EX_RECYCLE`` after its ack and is forked again from this preloaded parent;
+- recycling: a consumer that retires (task count, unique memory) says so (``X``) before
+  its last ack and exits with ``EX_RECYCLE`` after it. A task-count retirement is told
+  a few tasks ahead (``P``): its successor is forked then from this preloaded parent and
+  waits, started, at a gate (a pipe) that ``X`` opens, so the unit is never a consumer
+  short while one starts (a memory retirement forks its successor at ``X``);
 - SIGTERM drains: each consumer finishes its task; at the stop timeout the rest are
   killed and their messages requeued;
 - systemd: READY once every consumer consumes, WATCHDOG only while each consumer is
@@ -85,6 +88,8 @@ class Consumer:
     held: str | None = None  # a message its ack fetched, not yet started
     killed_for: str | None = None
     done: int = 0
+    retiring: bool = False  # its successor is forked already
+    gate: int | None = None  # a successor held at its gate: the pipe's write end
 
 
 def log_to_stderr(level: str) -> None:
@@ -154,7 +159,8 @@ class Supervisor:
     """Forks, watches and replaces the consumers of one worker unit (see module doc)."""
 
     count: int
-    run_consumer: Callable[[int, int], int]  # (index, report fd) -> exit code, in the child
+    # (index, report fd, gate fd or -1) -> exit code, in the child
+    run_consumer: Callable[[int, int, int], int]
     stop_timeout: float
     notifier: Any
     watchdog: float | None
@@ -229,14 +235,15 @@ class Supervisor:
 
     # -- forking ----------------------------------------------------------------------
 
-    def _fork(self, index: int) -> None:
+    def _fork(self, index: int, gated: bool = False) -> None:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC) if gated else (-1, None)
         pid = os.fork()
         if pid == 0:  # the consumer
             code = 1
             try:
-                self._in_child(read_fd)
-                code = self.run_consumer(index, write_fd)
+                self._in_child(read_fd, gate_w)
+                code = self.run_consumer(index, write_fd, gate_r)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -245,13 +252,15 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         os.close(write_fd)
+        if gate_w is not None:
+            os.close(gate_r)
         os.set_blocking(read_fd, False)
-        consumer = Consumer(index, pid, read_fd, time.monotonic())
+        consumer = Consumer(index, pid, read_fd, time.monotonic(), gate=gate_w)
         self.consumers[pid] = consumer
         self._selector.register(read_fd, selectors.EVENT_READ, consumer)
         logger.debug("consumer %d forked (pid %d)", index, pid)
 
-    def _in_child(self, read_fd: int) -> None:
+    def _in_child(self, read_fd: int, gate_w: int | None) -> None:
         signal.set_wakeup_fd(-1)
         for log in _parent_loggers():
             log.handlers.clear()  # Celery sets up the consumer's own logging
@@ -267,7 +276,9 @@ class Supervisor:
         if os.getppid() != parent:
             os._exit(1)
         self._selector.close()
-        for fd in (read_fd, self._wake_r, self._wake_w, *(c.fd for c in self.consumers.values())):
+        theirs = [fd for c in self.consumers.values() for fd in (c.fd, c.gate) if fd is not None]
+        mine = [read_fd] if gate_w is None else [read_fd, gate_w]
+        for fd in (*mine, self._wake_r, self._wake_w, *theirs):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -305,6 +316,19 @@ class Supervisor:
             self._finished += 1
             consumer.held = None if rest in ("", "-") else rest
             self._start_failures = self._quick_exits = 0
+        elif kind == "P":
+            if not self.stopping and self._successor(consumer) is None:
+                self._fork(consumer.index, gated=True)
+        elif kind == "X":
+            consumer.retiring = True
+            successor = self._successor(consumer)
+            if successor is not None:
+                logger.debug("consumer %d (pid %d) retires; successor pid %d consumes (%s)",
+                             consumer.index, consumer.pid, successor.pid,
+                             "started" if successor.ready else "starting")  # fmt: skip
+                self._open_gate(successor)
+            elif not self.stopping:
+                self._fork(consumer.index)
         elif kind == "R":
             consumer.ready = True
             self._start_failures = 0
@@ -315,6 +339,21 @@ class Supervisor:
 
                 check_fresh_child(consumer.pid, limits.max_memory_kib)
         # "W": the report itself is the news
+
+    def _successor(self, consumer: Consumer) -> Consumer | None:
+        """The successor held at its gate for *consumer*'s place, if one is forked."""
+        for other in self.consumers.values():
+            if other.index == consumer.index and other.gate is not None and other is not consumer:
+                return other
+        return None
+
+    def _open_gate(self, consumer: Consumer) -> None:
+        if consumer.gate is not None:
+            with contextlib.suppress(OSError):
+                os.write(consumer.gate, b"g")
+            with contextlib.suppress(OSError):
+                os.close(consumer.gate)
+            consumer.gate = None
 
     # -- exits ------------------------------------------------------------------------
 
@@ -361,7 +400,18 @@ class Supervisor:
             from appliance.consumer_faults import requeue
 
             requeue(held, "a message its ack had fetched")
-        if self.stopping:
+        if consumer.gate is not None:  # a successor that died at its gate
+            with contextlib.suppress(OSError):
+                os.close(consumer.gate)
+            consumer.gate = None
+            if not self.stopping:
+                logger.warning("consumer %d's successor (pid %d) exited (%s) before "
+                               "consuming", consumer.index, consumer.pid, how)  # fmt: skip
+            return  # its predecessor forks another when it retires
+        successor = self._successor(consumer)
+        if successor is not None:  # it ended before retiring: its successor takes over
+            self._open_gate(successor)
+        if self.stopping or consumer.retiring or successor is not None:
             return
         if code == EX_RECYCLE:
             self._fork(consumer.index)
@@ -467,8 +517,15 @@ class Supervisor:
         for consumer in self.consumers.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(consumer.pid, signum)
+        for consumer in self.consumers.values():
+            if consumer.gate is not None:  # signalled first: it stops as it passes
+                with contextlib.suppress(OSError):
+                    os.close(consumer.gate)
+                consumer.gate = None
 
     def _healthy(self, consumer: Consumer, now: float) -> bool:
+        if consumer.gate is not None:
+            return True  # waiting for its predecessor, on purpose
         if consumer.running is not None:
             limit = consumer.running.hard_limit
             return not limit or now - consumer.running.since <= limit + CONSUMER_SILENT_SECONDS
@@ -490,7 +547,7 @@ class Supervisor:
         if self.watchdog and self._told_ready and now >= self._next_watchdog:
             self._next_watchdog = now + self.watchdog
             stuck = [c for c in self.consumers.values() if not self._healthy(c, now)]
-            missing = self.count - len(self.consumers)
+            missing = self.count - self._running_indexes()
             if not stuck and not missing:
                 self.notifier.watchdog()
             else:
@@ -505,9 +562,13 @@ class Supervisor:
             self._next_status = now + C.HEARTBEAT_INTERVAL
             self.notifier.status(self.status_line())
 
+    def _running_indexes(self) -> int:
+        """Consumers, counting a retiring one and its successor once."""
+        return len({c.index for c in self.consumers.values()})
+
     def status_line(self) -> str:
         running = sum(1 for c in self.consumers.values() if c.running)
         return (
-            f"{self.describe}{len(self.consumers)} consumer(s); done {self._finished}, "
+            f"{self.describe}{self._running_indexes()} consumer(s); done {self._finished}, "
             f"active {running}"
         )

@@ -266,11 +266,11 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
     node = host_format(f"{options.group}@%h")
     flusher = records_flusher(settings, node, client)
 
-    def run_consumer(index: int, report_fd: int) -> int:
+    def run_consumer(index: int, report_fd: int, gate_fd: int) -> int:
         from appliance.records import signals as record_signals
         from appliance.result_backend import databases_on_one_server
 
-        consumer_pool.link = consumer_pool.ParentLink(report_fd)
+        consumer_pool.link = consumer_pool.ParentLink(report_fd, gate_fd)
         broker_transport.deliver_from_loop = True
         broker_transport.results_with_ack = databases_on_one_server(
             settings.broker_url, settings.effective_result_backend

@@ -73,6 +73,31 @@ def test_consumers_drain_with_results_and_records_carried_by_the_ack(
     assert "Traceback" not in worker.output()
 
 
+def test_a_task_count_retirement_hands_over_to_a_successor_started_ahead(
+    api_env: dict[str, str], start_worker: WorkerFactory, clean_redis: RedisServer
+) -> None:
+    # At 40 tasks a consumer (limit 40, jittered) is told its retirement 4 tasks ahead:
+    # the parent forks the successor then, which starts and waits at its gate until the
+    # retiring one's X opens it.
+    env = _consumers(api_env)
+    url = env["APPLIANCE_DATABASE_URL"]
+    worker = start_worker(env, "-c", "2", "--max-tasks-per-child", "40", "--loglevel", "debug")
+    ids = appliance.submit_many("demo.add", [{"args": [i, 1]} for i in range(400)])
+    assert [api.wait(task_id, 120) for task_id in ids] == [i + 1 for i in range(400)]
+    wait_until(lambda: all(_status(url, task_id) == "SUCCESS" for task_id in ids), 30, "records")
+    output = worker.output()
+    retired = output.count("replacing consumer")
+    handed = output.count("retires; successor pid")
+    assert retired >= 8, output[-3000:]
+    # Every retirement but the last ones (tasks ran out) handed over to a successor
+    # forked at its P report (whether it was ready by then is up to the machine).
+    assert handed >= retired - 2
+    assert "exited" not in output and "Traceback" not in output
+    assert len(_consumer_pids(worker)) == 2  # each retired consumer is gone
+    broker = clean_redis.client()
+    assert broker.hlen("unacked") == 0 and broker.llen("default") == 0
+
+
 def test_a_killed_consumers_task_is_requeued_at_once_and_the_unit_replaces_it(
     api_env: dict[str, str], start_worker: WorkerFactory, clean_redis: RedisServer
 ) -> None:

@@ -51,7 +51,7 @@ class _Notifier:
 def _supervisor(count: int = 2, watchdog: float | None = 1.0) -> Supervisor:
     return Supervisor(
         count=count,
-        run_consumer=lambda index, fd: 0,
+        run_consumer=lambda index, fd, gate: 0,
         stop_timeout=10,
         notifier=_Notifier(),
         watchdog=watchdog,
@@ -151,6 +151,25 @@ def test_a_recycled_or_working_consumer_is_replaced_at_once(
     worked = Consumer(0, 2, -1, forked_at=0.0, ready=True, done=5)
     sup._exited(worked, 1 << 8)
     assert forked == [0, 0] and not sup._respawn_at
+
+
+def test_a_retiring_consumers_successor_is_forked_at_its_report_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sup = _supervisor(count=2)
+    forked: list[int] = []
+    monkeypatch.setattr(sup, "_fork", lambda index: forked.append(index))
+    retiring, other = _consumer(sup, 0, 0.0), _consumer(sup, 1, 0.0)
+    sup._report(retiring, "X")
+    assert forked == [0] and retiring.retiring
+    successor = Consumer(0, 3000, -1, forked_at=1.0, ready=True, last_report=1.0)
+    sup.consumers[successor.pid] = successor
+    sup._told_ready = True
+    sup._supervise(1.5)  # three processes, two consumers: the watchdog is fed
+    assert sup.notifier.sent[-1] == "WATCHDOG" and "2 consumer(s)" in sup.status_line()
+    del sup.consumers[retiring.pid]
+    sup._exited(retiring, 0x9B << 8)  # its EX_RECYCLE: nothing more to fork
+    assert forked == [0] and not sup._respawn_at and other.index == 1
 
 
 def test_exit_status_reads_like_billiards() -> None:

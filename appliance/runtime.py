@@ -281,7 +281,12 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
             supervision, notifier=consumer_pool.LinkNotifier(), watchdog=CONSUMER_PING_SECONDS
         )
         consumer_pool.share_rate_limits(app, count)
-        return start_celery(app, worker_argv(settings, options, consumer=index))
+        argv = worker_argv(settings, options, consumer=index)
+        if gate_fd >= 0:
+            # A successor started ahead (a recycle): without Celery's banner, which is
+            # about a sixth of a consumer's start and says what the first one said.
+            argv = ["--quiet", *argv]
+        return start_celery(app, argv)
 
     queues = ",".join(worker_queues(settings, options))
     return Supervisor(

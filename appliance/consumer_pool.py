@@ -72,7 +72,7 @@ class ParentLink:
     ``X`` it retires now (let the successor consume, or fork one).
 
     *gate_fd* (a successor's): after reporting ``R`` it waits there, started but not
-    fetching, until the parent writes to it or closes it.
+    fetching, until the parent closes the other end.
     """
 
     def __init__(self, fd: int, gate_fd: int = -1) -> None:
@@ -87,7 +87,7 @@ class ParentLink:
         if self._gate_fd < 0:
             return
         with contextlib.suppress(OSError):
-            os.read(self._gate_fd, 1)  # a byte: go; EOF: the parent stops or is gone
+            os.read(self._gate_fd, 1)  # EOF: go (the parent opened it, stops or is gone)
             os.close(self._gate_fd)
         self._gate_fd = -1
 
@@ -239,7 +239,7 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
         broker_transport.fetch_on_ack = False  # this task's ack takes no next message
         worker_state.should_stop = EX_RECYCLE
         if link is not None:
-            link.send("X")  # the parent forks the successor now, while this one acks
+            link.send("X")  # the parent lets the successor consume (or forks one) now
 
     def _get_info(self) -> dict[str, Any]:
         info: dict[str, Any] = super()._get_info()

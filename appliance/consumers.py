@@ -353,9 +353,9 @@ class Supervisor:
         return None
 
     def _open_gate(self, consumer: Consumer) -> None:
+        """Let a successor held at its gate pass: closing the pipe's write end is the
+        signal (its read returns at EOF); also what a gone successor's pipe needs."""
         if consumer.gate is not None:
-            with contextlib.suppress(OSError):
-                os.write(consumer.gate, b"g")
             with contextlib.suppress(OSError):
                 os.close(consumer.gate)
             consumer.gate = None
@@ -406,9 +406,7 @@ class Supervisor:
 
             requeue(held, "a message its ack had fetched")
         if consumer.gate is not None:  # a successor that died at its gate
-            with contextlib.suppress(OSError):
-                os.close(consumer.gate)
-            consumer.gate = None
+            self._open_gate(consumer)
             if not self.stopping:
                 logger.warning("consumer %d's successor (pid %d) exited (%s) before "
                                "consuming", consumer.index, consumer.pid, how)  # fmt: skip
@@ -523,10 +521,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(consumer.pid, signum)
         for consumer in self.consumers.values():
-            if consumer.gate is not None:  # signalled first: it stops as it passes
-                with contextlib.suppress(OSError):
-                    os.close(consumer.gate)
-                consumer.gate = None
+            self._open_gate(consumer)  # signalled first: a held successor stops as it passes
 
     def _healthy(self, consumer: Consumer, now: float) -> bool:
         if consumer.gate is not None:

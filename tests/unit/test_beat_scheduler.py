@@ -81,6 +81,9 @@ def make_scheduler(
         broker_url="memory://",
         timezone="UTC",
         beat_schedule={HOURLY: {"task": "demo.noop", "schedule": 3600.0}},
+        # No celery.backend_cleanup entry (daily at 04:00): between 03:00 and 04:00
+        # it, not the hourly entry, would be the next one due.
+        result_expires=None,
     )
     made: list[RecordingScheduler] = []
 

@@ -86,6 +86,13 @@ def broker_progressing(consumer: Any, now: float | None = None) -> bool:
     return True
 
 
+def retiring() -> bool:
+    """A consumer process retires (recycling): the unit, and its heartbeat key, live on."""
+    from appliance.consumer_pool import EX_RECYCLE
+
+    return bool(worker_state.should_stop == EX_RECYCLE)
+
+
 def status_line(hostname: str) -> str:
     line = (
         f"{hostname}: consuming {','.join(supervision.queues)}; "
@@ -164,6 +171,8 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def shutdown(self, consumer: Any) -> None:
         self.stop(consumer)
+        if retiring():
+            return  # the unit lives on: its successor beats under the same key
         with contextlib.suppress(redis.RedisError):
             heartbeat.remove(self._redis(), self._hostname)
 

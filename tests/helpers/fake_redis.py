@@ -1,4 +1,5 @@
-"""An in-memory stand-in for the few Redis commands beat's lease and scheduler use.
+"""An in-memory stand-in for the few Redis commands beat's lease and scheduler (and the
+heartbeat) use.
 
 The lease's Lua scripts are mirrored in Python here; the real scripts run against a
 real Redis in tests/integration/test_beat_lease.py.
@@ -50,6 +51,14 @@ class FakeRedis:
     def get(self, name: str) -> bytes | None:
         self._check()
         return self._live(name)
+
+    def delete(self, *names: str) -> int:
+        self._check()
+        found = [name for name in names if self._live(name) is not None or name in self.hashes]
+        for name in names:
+            self.strings.pop(name, None)
+            self.hashes.pop(name, None)
+        return len(found)
 
     def pttl(self, name: str) -> int:
         self._check()

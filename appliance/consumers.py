@@ -60,6 +60,12 @@ HARD_LIMIT_GRACE_SECONDS = 1.0
 START_FAILURES_BEFORE_EXIT = 5
 RESPAWN_PAUSE_MAX_SECONDS = 10.0
 _TICK_SECONDS = 0.5
+# The parent reads its consumers' reports at most this often. A consumer writes two lines
+# per task; waking for each one took 15,500 turns for 10,000 tasks at 1,075 tasks/s
+# (3,700 paced), 45 us of a core per task more. No report is urgent to within this
+# (limits are in seconds; a signal waits for the next turn), and a pipe holds far more
+# than a pause's lines.
+REPORT_PACE_SECONDS = 0.002
 # How often the parent looks for revokes with --terminate of the tasks it runs.
 TERMINATE_CHECK_SECONDS = 0.5
 
@@ -186,6 +192,7 @@ class Supervisor:
     _finished: int = 0
     _next_terminate_check: float = 0.0
     _fresh_checked: bool = False
+    _last_turn: float = 0.0
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -210,6 +217,10 @@ class Supervisor:
         self._signals.append(signum)
 
     def _turn(self) -> None:
+        pause = self._last_turn + REPORT_PACE_SECONDS - time.monotonic()
+        if pause > 0 and not self._signals:
+            time.sleep(pause)
+        self._last_turn = time.monotonic()
         for key, _ in self._selector.select(self._timeout()):
             if key.fd == self._wake_r:
                 with contextlib.suppress(OSError):

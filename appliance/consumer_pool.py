@@ -95,6 +95,12 @@ class ParentLink:
 link: ParentLink | None = None
 
 
+def retiring() -> bool:
+    """This consumer process retires (recycling): the unit, and its node's heartbeat key,
+    live on in its successor."""
+    return bool(worker_state.should_stop == EX_RECYCLE)
+
+
 class LinkNotifier(Notifier):
     """The consumer's stand-in for :class:`appliance.sdnotify.Notifier`: the supervision
     step's READY and WATCHDOG reach the parent, which speaks to systemd for the unit."""
@@ -198,7 +204,7 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
             broker_transport.task_ends()
             if link is not None:
                 link.send(f"E {broker_transport.last_fetched_tag or '-'}")
-        if worker_state.should_stop == EX_RECYCLE and not broker_transport.acks_owed:
+        if retiring() and not broker_transport.acks_owed:
             self._retire_now()
 
     def _retire_now(self) -> None:

@@ -86,13 +86,6 @@ def broker_progressing(consumer: Any, now: float | None = None) -> bool:
     return True
 
 
-def retiring() -> bool:
-    """A consumer process retires (recycling): the unit, and its heartbeat key, live on."""
-    from appliance.consumer_pool import EX_RECYCLE
-
-    return bool(worker_state.should_stop == EX_RECYCLE)
-
-
 def status_line(hostname: str) -> str:
     line = (
         f"{hostname}: consuming {','.join(supervision.queues)}; "
@@ -170,6 +163,8 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._timers.clear()
 
     def shutdown(self, consumer: Any) -> None:
+        from appliance.consumer_pool import retiring
+
         self.stop(consumer)
         if retiring():
             return  # the unit lives on: its successor beats under the same key

@@ -292,11 +292,11 @@ class Supervisor:
         if os.getppid() != parent:
             os._exit(1)
         self._selector.close()
-        theirs = [fd for c in self.consumers.values() for fd in (c.fd, c.gate) if fd is not None]
-        mine = [read_fd] if gate_w is None else [read_fd, gate_w]
-        for fd in (*mine, self._wake_r, self._wake_w, *theirs):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        theirs = [fd for c in self.consumers.values() for fd in (c.fd, c.gate)]
+        for fd in (read_fd, gate_w, self._wake_r, self._wake_w, *theirs):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # -- reports ----------------------------------------------------------------------
 

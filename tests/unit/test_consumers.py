@@ -64,6 +64,13 @@ def _consumer(sup: Supervisor, index: int, now: float, ready: bool = True) -> Co
     return consumer
 
 
+def _record_forks(sup: Supervisor, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The indexes *sup* forks a consumer for, instead of forking."""
+    forked: list[int] = []
+    monkeypatch.setattr(sup, "_fork", lambda index, gated=False: forked.append(index))
+    return forked
+
+
 def test_a_consumer_runs_one_task_at_a_time_under_its_own_node_name() -> None:
     settings = load_settings()
     argv = worker_argv(settings, WorkerOptions(group="default", concurrency=4), consumer=2)
@@ -129,8 +136,7 @@ def test_a_consumer_that_never_starts_is_retried_with_a_pause_then_the_unit_give
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = _supervisor(count=1)
-    forked: list[int] = []
-    monkeypatch.setattr(sup, "_fork", lambda index: forked.append(index))
+    forked = _record_forks(sup, monkeypatch)
     stopped: list[int] = []
     monkeypatch.setattr(sup, "_stop", lambda signum: stopped.append(signum))
     for attempt in range(5):
@@ -145,8 +151,7 @@ def test_a_recycled_or_working_consumer_is_replaced_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = _supervisor(count=1)
-    forked: list[int] = []
-    monkeypatch.setattr(sup, "_fork", lambda index: forked.append(index))
+    forked = _record_forks(sup, monkeypatch)
     sup._exited(Consumer(0, 1, -1, forked_at=0.0, ready=True), 0x9B << 8)  # EX_RECYCLE
     worked = Consumer(0, 2, -1, forked_at=0.0, ready=True, done=5)
     sup._exited(worked, 1 << 8)
@@ -157,8 +162,7 @@ def test_a_retiring_consumers_successor_is_forked_at_its_report_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sup = _supervisor(count=2)
-    forked: list[int] = []
-    monkeypatch.setattr(sup, "_fork", lambda index: forked.append(index))
+    forked = _record_forks(sup, monkeypatch)
     retiring, other = _consumer(sup, 0, 0.0), _consumer(sup, 1, 0.0)
     sup._report(retiring, "X")
     assert forked == [0] and retiring.retiring

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance import constants as C
-from appliance import exitcodes
+from appliance.config.settings import Settings, get_settings, mask_url
+from appliance.core import constants as C
+from appliance.core import exitcodes
 from appliance.errors import (
     ApplianceError,
     BrokerUnavailableError,
@@ -21,7 +22,6 @@ from appliance.errors import (
     WaitTimeoutError,
 )
 from appliance.records.models import TERMINAL_STATES
-from appliance.settings import Settings, get_settings, mask_url
 
 # After a waited-for result arrives, wait this long at most for its record to say so too
 # (the result backend is written just before the record).
@@ -165,7 +165,7 @@ def _publish(
         connection = app.connection_for_write(transport_options=timeouts)
         pool = _publish_pools.setdefault(key, connection.Pool(limit=app.conf.broker_pool_limit))
     policy = dict(app.conf.task_publish_retry_policy, errback=_give_up_on_timeout)
-    from appliance.result_backend import no_subscription
+    from appliance.broker.result_backend import no_subscription
 
     # No result subscription at publish: `wait` subscribes when it is called.
     with pool.acquire(block=True) as connection, no_subscription():

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from appliance.api import _first_line, _publish_fix, check_payload, checked_target
+from appliance.broker.result_backend import no_subscription
+from appliance.config.settings import mask_url
 from appliance.errors import BrokerUnavailableError, SubmitOptionError
 from appliance.records import signals as record_signals
-from appliance.result_backend import no_subscription
-from appliance.settings import mask_url
 
 CHUNK = 1000  # messages per Redis pipeline (and records per transaction)
 

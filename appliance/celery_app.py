@@ -10,10 +10,11 @@ from typing import Any
 
 from celery import Celery
 
-from appliance import broker_transport, result_backend
-from appliance.profile import celery_config
+from appliance.broker import result_backend
+from appliance.broker import transport as broker_transport
+from appliance.config.profile import celery_config
+from appliance.config.settings import get_settings
 from appliance.records import signals as record_signals
-from appliance.settings import get_settings
 
 
 def _config() -> dict[str, Any]:
@@ -22,7 +23,7 @@ def _config() -> dict[str, Any]:
 
 broker_transport.install()
 result_backend.install()
-app = Celery("appliance", task_cls="appliance.task_base:ApplianceTask")
+app = Celery("appliance", task_cls="appliance.tasks.base:ApplianceTask")
 app.add_defaults(_config)
 record_signals.connect()
 

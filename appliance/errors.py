@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from appliance import exitcodes
+from appliance.core import exitcodes
 
 
 class ApplianceError(Exception):

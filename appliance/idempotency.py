@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis
 from kombu.utils import json as kombu_json
 
-from appliance import constants as C
+from appliance.core import constants as C
 
 logger = logging.getLogger("appliance.idempotency")
 
@@ -58,8 +58,8 @@ def _client() -> redis.Redis:
     # One client per process: a prefork child must not reuse its parent's sockets.
     pid = os.getpid()
     if pid not in _clients:
-        from appliance.broker import client
-        from appliance.settings import get_settings
+        from appliance.broker.admin import client
+        from appliance.config.settings import get_settings
 
         _clients.clear()
         _clients[pid] = client(get_settings())

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from appliance import constants as C
+from appliance.config.settings import Settings
+from appliance.core import constants as C
 from appliance.errors import ApplianceError, RecordNotFoundError
-from appliance.settings import Settings
 
 RETRYABLE = ("FAILURE", "REVOKED")
 
@@ -73,7 +73,7 @@ def revoke(settings: Settings, task_id: str, *, terminate: bool = False) -> None
     and mark its record REVOKED unless it already finished."""
     import redis
 
-    from appliance.broker import client, unavailable
+    from appliance.broker.admin import client, unavailable
     from appliance.celery_app import load_tasks
     from appliance.records import store
 

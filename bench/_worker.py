@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 
 from appliance.celery_app import load_tasks
-from appliance.runtime import WorkerOptions, start_celery, worker_argv
-from appliance.settings import get_settings
+from appliance.config.settings import get_settings
+from appliance.worker.launch import WorkerOptions, start_celery, worker_argv
 
 
 def main() -> int:
     if "--consumers" in sys.argv[1:]:
-        from appliance.runtime import run_worker
+        from appliance.worker.launch import run_worker
 
         return run_worker(get_settings(), WorkerOptions(concurrency=2, topology="consumers"))
     argv = worker_argv(get_settings(), WorkerOptions(concurrency=2))

@@ -130,7 +130,7 @@ def _in_env(env: dict[str, str]) -> None:
     for key in [k for k in os.environ if k.startswith(("APPLIANCE_", "CELERY_", "BENCH_"))]:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith(("APPLIANCE_", "BENCH_"))})
-    from appliance.settings import get_settings
+    from appliance.config.settings import get_settings
 
     get_settings.cache_clear()
 

@@ -23,8 +23,8 @@ from pydantic import BaseModel, Field
 
 import appliance
 from appliance import operations
+from appliance.config.settings import get_settings
 from appliance.errors import ApplianceError, BrokerUnavailableError, DatabaseUnavailableError
-from appliance.settings import get_settings
 
 app = FastAPI(title="Celery Appliance example")
 

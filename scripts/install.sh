@@ -365,7 +365,7 @@ stop_timeout() {
 
 install_units() {
     local src=$CHECKOUT/deploy/systemd unit units_changed=0 timeout
-    [ -d "$src" ] || src=$("$ROOT$VENV/bin/python" -c 'from appliance.supervisor_conf import deploy_dir; print(deploy_dir())')/systemd
+    [ -d "$src" ] || src=$("$ROOT$VENV/bin/python" -c 'from appliance.host.supervisor_conf import deploy_dir; print(deploy_dir())')/systemd
     timeout=$(stop_timeout)
     for unit in appliance.target appliance-beat.service appliance-healthcheck.service \
         appliance-healthcheck.timer appliance-flower.service; do

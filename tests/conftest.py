@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.settings import get_settings
+from appliance.config.settings import get_settings
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the figures fault-injection tests attach (recovery seconds, duplicates) as a table."""
     rows = []
     for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed"):
-        if report.when == "call" and report.user_properties and "test_faults" in report.nodeid:
+        if report.when == "call" and report.user_properties and "/faults/" in report.nodeid:
             figures = ", ".join(f"{k}={v}" for k, v in report.user_properties)
             rows.append(f"{report.outcome.upper():<7} {report.nodeid.split('::')[-1]}: {figures}")
     if rows:

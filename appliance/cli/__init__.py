@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from appliance import exitcodes
 from appliance.cli.context import CliContext
+from appliance.core import exitcodes
 from appliance.errors import ApplianceError
 
 
@@ -23,7 +23,7 @@ class _Group(click.Group):
             click.echo(f"appliance: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except Exception as exc:
-            from appliance import acl
+            from appliance.broker import acl
 
             if not acl.is_noperm(exc):
                 raise

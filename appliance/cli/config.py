@@ -20,7 +20,7 @@ def config() -> None:
 @pass_cli
 def show(cli: CliContext, as_json: bool) -> None:
     """Print the effective settings (passwords masked)."""
-    from appliance.settings import env_var
+    from appliance.config.settings import env_var
 
     data = cli.settings.public_dict()
     if as_json:

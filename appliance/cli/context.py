@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from appliance.settings import Settings
+    from appliance.config.settings import Settings
 
 
 class CliContext:
@@ -17,7 +17,7 @@ class CliContext:
 
     @functools.cached_property
     def settings(self) -> Settings:
-        from appliance.settings import get_settings
+        from appliance.config.settings import get_settings
 
         return get_settings()
 

@@ -12,7 +12,7 @@ from appliance.errors import ApplianceError, RecordNotFoundError
 
 
 def _client(cli: CliContext) -> Any:
-    from appliance.broker import client
+    from appliance.broker.admin import client
 
     return client(cli.settings)
 
@@ -20,8 +20,8 @@ def _client(cli: CliContext) -> Any:
 def _find(cli: CliContext, letter_id: str) -> Any:
     import redis
 
-    from appliance import deadletter
-    from appliance.broker import unavailable
+    from appliance.broker import deadletter
+    from appliance.broker.admin import unavailable
 
     try:
         letter = deadletter.get(_client(cli), letter_id)
@@ -47,8 +47,8 @@ def list_(cli: CliContext, limit: int, as_json: bool) -> None:
     """List dead letters, newest first."""
     import redis
 
-    from appliance import deadletter
-    from appliance.broker import unavailable
+    from appliance.broker import deadletter
+    from appliance.broker.admin import unavailable
 
     try:
         letters = deadletter.list_letters(_client(cli), limit)
@@ -96,7 +96,7 @@ def show(cli: CliContext, letter_id: str, as_json: bool) -> None:
 @pass_cli
 def requeue(cli: CliContext, letter_id: str, queue: str | None) -> None:
     """Put a dead letter back on its queue, e.g. after deploying its task module."""
-    from appliance import deadletter
+    from appliance.broker import deadletter
 
     letter = _find(cli, letter_id)
     if not letter.requeueable:
@@ -116,7 +116,7 @@ def requeue(cli: CliContext, letter_id: str, queue: str | None) -> None:
 @pass_cli
 def drop(cli: CliContext, letter_id: str, yes: bool) -> None:
     """Delete a dead letter for good."""
-    from appliance import deadletter
+    from appliance.broker import deadletter
 
     _find(cli, letter_id)
     if not yes:

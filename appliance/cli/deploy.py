@@ -37,7 +37,7 @@ def supervisor_conf(cli: CliContext, bin_command: str, user: str, log_dir: Path)
     Worker groups, stop timeouts and the state dir come from the settings, so run it with
     the same env file the programs will read.
     """
-    from appliance.supervisor_conf import render
+    from appliance.host.supervisor_conf import render
 
     click.echo(render(cli.settings, bin_command=bin_command, user=user, log_dir=log_dir), nl=False)
 

@@ -23,7 +23,7 @@ def _snapshot(cli: CliContext) -> dict[str, Any]:
                 "unacked": unacked_stats(conn, now),
             }
     except (RespConnectionError, RespError) as exc:
-        from appliance.broker import unavailable
+        from appliance.broker.admin import unavailable
 
         raise unavailable(settings, exc) from None
 
@@ -71,7 +71,7 @@ def purge(cli: CliContext, name: str, yes: bool) -> None:
     """
     import redis
 
-    from appliance.broker import client, message_task_id, unavailable
+    from appliance.broker.admin import client, message_task_id, unavailable
     from appliance.health.checks import queue_keys
 
     settings = cli.settings

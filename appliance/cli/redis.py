@@ -22,11 +22,11 @@ def check(cli: CliContext, as_json: bool) -> None:
     """The Redis part of `appliance health`, with advice; Nagios exit codes."""
     import time
 
+    from appliance.broker.tuning import host_advice
     from appliance.health import output
     from appliance.health.checks import Check, check_redis
     from appliance.health.config import load_health_config
     from appliance.health.resp import Resp, RespConnectionError, RespError
-    from appliance.redis_tuning import host_advice
 
     cfg = load_health_config()
     try:
@@ -85,10 +85,9 @@ def tune(
     """Show (and with --apply set) maxmemory, noeviction and AOF for a broker."""
     import redis
 
-    from appliance.acl import acl_user, grant, is_noperm
-    from appliance.broker import client, unavailable
-    from appliance.errors import ApplianceError
-    from appliance.redis_tuning import (
+    from appliance.broker.acl import acl_user, grant, is_noperm
+    from appliance.broker.admin import client, unavailable
+    from appliance.broker.tuning import (
         Plan,
         UnsafePolicyError,
         apply,
@@ -98,6 +97,7 @@ def tune(
         parse_size,
         recommended_maxmemory,
     )
+    from appliance.errors import ApplianceError
 
     try:
         check_policy(policy)

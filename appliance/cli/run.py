@@ -55,7 +55,7 @@ def worker(
     topology: str | None,
 ) -> None:
     """Run the Celery worker of the appliance in the foreground."""
-    from appliance.runtime import WorkerOptions, run_worker
+    from appliance.worker.launch import WorkerOptions, run_worker
 
     options = WorkerOptions(
         group=group,
@@ -74,7 +74,7 @@ def worker(
 @pass_cli
 def beat(cli: CliContext, loglevel: str | None) -> None:
     """Run beat (the periodic scheduler) in the foreground; state in the state dir."""
-    from appliance.runtime import run_beat
+    from appliance.worker.launch import run_beat
 
     sys.exit(run_beat(cli.settings, loglevel.upper() if loglevel else None))
 
@@ -87,7 +87,7 @@ def up(cli: CliContext) -> None:
     In the foreground; Ctrl-C or SIGTERM stops it all. Other `appliance` commands with
     the same APPLIANCE_STATE_DIR and no broker URL of their own talk to its Redis.
     """
-    from appliance.embedded import run_up
+    from appliance.host.embedded import run_up
 
     sys.exit(run_up(cli.settings, announce=lambda line: click.echo(line, err=True)))
 

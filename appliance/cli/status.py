@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from appliance import constants as C
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
+from appliance.core import constants as C
 
 
 def collect_status(cli: CliContext) -> dict[str, Any]:
     """Everything `status` shows, as data (secrets never included)."""
+    from appliance.config.settings import mask_url
     from appliance.health.checks import queue_stats, read_heartbeats, unacked_stats
     from appliance.health.resp import Resp, RespConnectionError, RespError
-    from appliance.settings import mask_url
 
     settings = cli.settings
     now = time.time()

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from appliance.cli.context import CliContext, echo_json, pass_cli
-from appliance.timeparse import parse_instant
+from appliance.core.timeparse import parse_instant
 
 
 def _json_param(expected: type, what: str, example: str) -> Any:

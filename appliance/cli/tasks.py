@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
-from appliance.constants import TASK_STATES as STATES
+from appliance.core.constants import TASK_STATES as STATES
+from appliance.core.timeparse import parse_since
 from appliance.errors import RecordNotFoundError
-from appliance.timeparse import parse_since
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -192,10 +192,10 @@ def revoke(cli: CliContext, task_id: str, terminate: bool) -> None:
 def purge(cli: CliContext, older_than: str, statuses: tuple[str, ...], yes: bool) -> None:
     """Delete task records older than an age (finished ones unless --status says otherwise)."""
     from appliance import operations
-    from appliance.constants import TERMINAL_STATES
+    from appliance.core.constants import TERMINAL_STATES
+    from appliance.core.timeparse import parse_age
     from appliance.records import store
     from appliance.records.db import translate_errors
-    from appliance.timeparse import parse_age
 
     try:
         age = parse_age(older_than)
@@ -243,7 +243,7 @@ def reconcile(cli: CliContext, dry_run: bool, min_age: float | None, as_json: bo
     README). One log line per re-published id on stderr. Exit codes: 69 Redis
     unavailable, 74 task-record database unavailable.
     """
-    from appliance import reconcile as reconciler
+    from appliance.recovery import reconcile as reconciler
 
     report = reconciler.reconcile(cli.settings, min_age=min_age, dry_run=dry_run)
     if as_json:

@@ -7,8 +7,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from appliance import constants as C
-from appliance.acl import acl_user, grant, is_noperm
+from appliance.broker.acl import acl_user, grant, is_noperm
+from appliance.core import constants as C
 from appliance.health.config import HealthConfig, mask
 from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
 

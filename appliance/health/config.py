@@ -1,4 +1,4 @@
-"""What the health check needs to know, read without pydantic (see appliance.envsource).
+"""What the health check needs to know, read without pydantic (see appliance.config.envsource).
 
 `appliance config check` stays the authority on validity; this reader only parses the
 few values health uses and reports a bad one as the checker's own failure (UNKNOWN).
@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from appliance import constants as C
-from appliance.envsource import (
+from appliance.config.envsource import (
     default_state_dir,
     embedded_broker,
     first,
@@ -20,6 +19,7 @@ from appliance.envsource import (
     split_list,
     split_mapping,
 )
+from appliance.core import constants as C
 from appliance.errors import ConfigError
 
 # name -> (warning, critical, unit, what it measures); env APPLIANCE_HEALTH_<NAME>_WARN/_CRIT.
@@ -144,7 +144,7 @@ def load_health_config(
 
 
 def mask(url: str) -> str:
-    """*url* without its password (same rule as appliance.settings.mask_url)."""
+    """*url* without its password (same rule as appliance.config.settings.mask_url)."""
     if ";" in url:  # sentinel://...;sentinel://...
         return ";".join(mask(item) for item in url.split(";"))
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from appliance import constants as C
+from appliance.core import constants as C
 from appliance.health.checks import CRITICAL, OK, WARNING, Check
 from appliance.health.config import HealthConfig, mask
 

@@ -173,7 +173,7 @@ def master_url(
     master name defaults to APPLIANCE_REDIS_SENTINEL_MASTER.
     """
     if not master_name:
-        from appliance.envsource import raw_values
+        from appliance.config.envsource import raw_values
 
         master_name = raw_values().get("APPLIANCE_REDIS_SENTINEL_MASTER")
     if not master_name:

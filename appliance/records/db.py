@@ -13,9 +13,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance import constants as C
+from appliance.config.settings import mask_url
+from appliance.core import constants as C
 from appliance.errors import DatabaseUnavailableError
-from appliance.settings import mask_url
 
 _engines: dict[tuple[int, str], Engine] = {}
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from appliance import constants as C
+from appliance.core import constants as C
 
 logger = logging.getLogger("appliance.records")
 

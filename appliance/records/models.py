@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from appliance.constants import TASK_STATES as STATES
-from appliance.constants import TERMINAL_STATES
+from appliance.core.constants import TASK_STATES as STATES
+from appliance.core.constants import TERMINAL_STATES
 
 __all__ = ["STATES", "TERMINAL_STATES", "Base", "TaskRecord"]
 

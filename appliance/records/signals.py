@@ -19,13 +19,13 @@ from typing import Any
 from celery import signals
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from appliance.constants import (
+from appliance.config.settings import get_settings
+from appliance.core.constants import (
     DB_LOCK_TIMEOUT_SECONDS,
     ENQUEUED_AT_HEADER,
     RECORD_STARTED_DELAY_SECONDS,
 )
 from appliance.records import store
-from appliance.settings import get_settings
 
 logger = logging.getLogger("appliance.records")
 
@@ -283,7 +283,7 @@ def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **
 def _final_write(url: str, writer: Callable[..., None], retry: bool, **kwargs: Any) -> None:
     """A task's final record write: carried by its ack in a consumer process (the
     journal, appliance/records/journal.py), else written now."""
-    from appliance import broker_transport
+    from appliance.broker import transport as broker_transport
     from appliance.records import journal
 
     if broker_transport.records_journal is not None:

@@ -8,9 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 from appliance.celery_app import app
-from appliance.constants import ENQUEUED_AT_HEADER
+from appliance.config.settings import get_settings
+from appliance.core.constants import ENQUEUED_AT_HEADER
 from appliance.records import store
-from appliance.settings import get_settings
 
 
 @app.task(name="appliance.cleanup_records", bind=True)
@@ -50,6 +50,6 @@ def reconcile(self: Any, min_age: float | None = None) -> dict[str, Any]:
     Run by beat every minute (`appliance-reconcile`); see appliance/reconcile.py.
     Returns the run's report (counts and the re-published ids).
     """
-    from appliance import reconcile as reconciler
+    from appliance.recovery import reconcile as reconciler
 
     return reconciler.reconcile(get_settings(), min_age=min_age).to_dict()

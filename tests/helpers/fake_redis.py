@@ -2,7 +2,7 @@
 heartbeat) use.
 
 The lease's Lua scripts are mirrored in Python here; the real scripts run against a
-real Redis in tests/integration/test_beat_lease.py.
+real Redis in tests/integration/beat/test_lease.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from appliance import beat_lease
+from appliance.broker import lease as beat_lease
 
 
 def _b(value: Any) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.settings import get_settings
+from appliance.config.settings import get_settings
 from tests.helpers.postgres import session_postgres
 from tests.helpers.processes import ApplianceProcess
 from tests.helpers.redis_server import RedisServer, local_redis_server, session_redis
@@ -68,8 +68,8 @@ def appliance_env(
 def _app_on_session_redis(redis_server: RedisServer) -> None:
     """Point the in-process Celery app at the session Redis (it configures only once)."""
     from appliance.celery_app import app
-    from appliance.profile import celery_config
-    from appliance.settings import load_settings
+    from appliance.config.profile import celery_config
+    from appliance.config.settings import load_settings
 
     settings = load_settings(
         broker_url=redis_server.broker_url, result_backend=redis_server.backend_url

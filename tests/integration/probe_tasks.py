@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from appliance.celery_app import app
-from appliance.settings import get_settings
+from appliance.config.settings import get_settings
 
 
 @app.task(name="probe.env")

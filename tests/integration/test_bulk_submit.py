@@ -10,9 +10,9 @@ import pytest
 
 import appliance
 from appliance import bulk
+from appliance.config.settings import get_settings
 from appliance.errors import SubmitOptionError, UnknownTaskError
 from appliance.records import store
-from appliance.settings import get_settings
 from tests.helpers.processes import ApplianceProcess, free_port, wait_until
 from tests.helpers.redis_server import RedisServer
 

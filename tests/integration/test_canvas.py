@@ -17,9 +17,9 @@ from celery import chain, chord, group
 import appliance
 from appliance import api
 from appliance.celery_app import app
+from appliance.config.settings import get_settings
 from appliance.errors import UnknownTaskError
 from appliance.records import store
-from appliance.settings import get_settings
 from appliance.tasks import demo
 from tests.helpers.processes import run_cli, wait_until
 from tests.helpers.redis_server import RedisServer

@@ -15,11 +15,11 @@ from sqlalchemy import update
 
 import appliance
 from appliance import api
+from appliance.config.settings import get_settings
 from appliance.errors import TaskFailedError
 from appliance.records import store
 from appliance.records.db import session_scope
 from appliance.records.models import TaskRecord
-from appliance.settings import get_settings
 from tests.helpers.processes import is_node_of, run_cli, wait_until
 from tests.helpers.redis_server import RedisServer
 from tests.integration.conftest import WorkerFactory

@@ -10,9 +10,9 @@ import pytest
 
 import appliance
 from appliance import api
+from appliance.config.settings import get_settings
 from appliance.errors import SubmitOptionError
 from appliance.records import store
-from appliance.settings import get_settings
 from tests.helpers.processes import run_cli
 from tests.helpers.redis_server import RedisServer
 from tests.integration.conftest import WorkerFactory

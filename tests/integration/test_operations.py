@@ -9,10 +9,10 @@ from sqlalchemy import update
 
 import appliance
 from appliance import api
+from appliance.config.settings import get_settings
 from appliance.records import store
 from appliance.records.db import session_scope
 from appliance.records.models import TaskRecord
-from appliance.settings import get_settings
 from tests.helpers.processes import run_cli, wait_until
 from tests.integration import probe_tasks
 from tests.integration.conftest import WorkerFactory

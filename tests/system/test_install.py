@@ -12,7 +12,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from appliance.supervisor_conf import deploy_dir
+from appliance.host.supervisor_conf import deploy_dir
 
 INSTALL = deploy_dir().parent / "scripts" / "install.sh"
 

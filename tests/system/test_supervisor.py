@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.embedded import write_supervisord_conf
-from appliance.settings import load_settings
+from appliance.config.settings import load_settings
+from appliance.host.embedded import write_supervisord_conf
 from tests.helpers.processes import run_cli, wait_until
 from tests.helpers.redis_server import RedisServer, local_redis_server
 

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from appliance import api, bulk, exitcodes
+from appliance import api, bulk
 from appliance.celery_app import app
 from appliance.cli import cli
+from appliance.config.settings import get_settings
+from appliance.core import exitcodes
 from appliance.errors import SubmitOptionError
 from appliance.records import store
-from appliance.settings import get_settings
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.supervisor_conf import deploy_dir
+from appliance.host.supervisor_conf import deploy_dir
 
 SCRIPTS = deploy_dir().parent / "scripts"
 INSTALL = SCRIPTS / "install.sh"

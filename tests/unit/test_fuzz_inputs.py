@@ -28,12 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from appliance import api, exitcodes
+from appliance import api
 from appliance.cli import cli
+from appliance.config.settings import Settings, load_settings
+from appliance.core import exitcodes
 from appliance.errors import ConfigError, SubmitOptionError
 from appliance.health.config import load_health_config
 from appliance.health.resp import Resp, RespConnectionError, RespError
-from appliance.settings import Settings, load_settings
 
 # Hypothesis's own files (a cache of constants) go to /tmp, not into the checkout.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "appliance-hypothesis")

@@ -40,7 +40,7 @@ def test_options_redis_cannot_honour_are_refused_with_one_line(
 def test_a_raised_visibility_timeout_allows_a_longer_delay(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from appliance.settings import get_settings
+    from appliance.config.settings import get_settings
 
     monkeypatch.setenv("APPLIANCE_VISIBILITY_TIMEOUT", "14400")
     get_settings.cache_clear()

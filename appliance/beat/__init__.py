@@ -1,0 +1,1 @@
+"""Beat: one active scheduler across hosts, under a Redis lease."""

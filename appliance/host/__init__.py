@@ -1,0 +1,1 @@
+"""The host's process supervision: `appliance up` and the supervisord config."""

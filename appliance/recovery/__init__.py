@@ -1,0 +1,1 @@
+"""Recovery of work Redis lost: the reconciler."""

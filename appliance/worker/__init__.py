@@ -1,0 +1,1 @@
+"""The worker unit: launch, supervision, heartbeats, recycling and the lost-child policy."""

@@ -1,0 +1,1 @@
+"""The prefork topology: Celery's AsynPool with cheap child recycling."""

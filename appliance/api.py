@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance.config.settings import Settings, get_settings, mask_url
+from appliance.config.settings import Settings, get_settings
 from appliance.core import constants as C
 from appliance.core import exitcodes
+from appliance.core.text import first_line, mask_url
 from appliance.errors import (
     ApplianceError,
     BrokerUnavailableError,
@@ -128,7 +129,7 @@ def submit(
     except Exception as exc:
         if not republish:  # a record that existed before stays
             _forget(task_id)
-        reason = _first_line(exc)
+        reason = first_line(exc)
         raise BrokerUnavailableError(
             f"could not publish {name} to {mask_url(settings.broker_url)} ({reason}); "
             f"fix: {_publish_fix(reason)}"
@@ -185,7 +186,7 @@ def check_payload(
         size = len(dumps([list(args), dict(kwargs or {})]).encode())  # type: ignore[no-untyped-call]
     except (TypeError, ValueError, RecursionError) as exc:
         raise SubmitOptionError(
-            f"{what} of {name} cannot be sent as JSON ({_first_line(exc)}); fix: pass only "
+            f"{what} of {name} cannot be sent as JSON ({first_line(exc)}); fix: pass only "
             "JSON types (str, int, float, bool, None, list, dict)"
         ) from None
     cap = settings.max_payload_bytes
@@ -264,7 +265,7 @@ def submit_workflow(workflow: Any) -> str:
     except Exception as exc:
         _forget_workflow(root_id)
         settings = get_settings()
-        reason = _first_line(exc)
+        reason = first_line(exc)
         raise BrokerUnavailableError(
             f"could not publish the workflow {root_id} to {mask_url(settings.broker_url)} "
             f"({reason}); fix: {_publish_fix(reason)}"
@@ -310,11 +311,6 @@ def _publish_fix(reason: str) -> str:
             "names the error); it accepts writes again by itself"
         )
     return "check APPLIANCE_BROKER_URL and that redis-server is running and writable"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _forget(task_id: str) -> None:

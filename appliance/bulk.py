@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from appliance.api import _first_line, _publish_fix, check_payload, checked_target
+from appliance.api import _publish_fix, check_payload, checked_target
 from appliance.broker.result_backend import no_subscription
-from appliance.config.settings import mask_url
+from appliance.core.text import first_line, mask_url
 from appliance.errors import BrokerUnavailableError, SubmitOptionError
 from appliance.records import signals as record_signals
 
@@ -104,7 +104,7 @@ def submit_many(
                         **options,
                     )
         except Exception as exc:
-            reason = _first_line(exc.__cause__ or exc)
+            reason = first_line(exc.__cause__ or exc)
             uncertain = [] if _never_connected(exc) else chunk_ids
             if not uncertain and url is not None:
                 _forget(url, chunk_ids)

@@ -8,7 +8,8 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 
-from appliance.config.settings import Settings, mask_url
+from appliance.config.settings import Settings
+from appliance.core.text import mask_url
 from appliance.errors import BrokerUnavailableError
 
 

@@ -10,6 +10,7 @@ import click
 
 from appliance.cli.context import CliContext
 from appliance.core import exitcodes
+from appliance.core.text import first_line
 from appliance.errors import ApplianceError
 
 
@@ -28,7 +29,7 @@ class _Group(click.Group):
             if not acl.is_noperm(exc):
                 raise
             # Redis refused a command, key or channel to the ACL user (e.g. no &*).
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             click.echo(
                 f"appliance: error: Redis refused this to the ACL user ({reason}); fix: grant "
                 "the user `~* &* +@all -@dangerous` (README: Redis ACL user)",

@@ -10,11 +10,12 @@ import click
 
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
 from appliance.core import constants as C
+from appliance.core.text import first_line
 
 
 def collect_status(cli: CliContext) -> dict[str, Any]:
     """Everything `status` shows, as data (secrets never included)."""
-    from appliance.config.settings import mask_url
+    from appliance.core.text import mask_url
     from appliance.health.checks import queue_stats, read_heartbeats, unacked_stats
     from appliance.health.resp import Resp, RespConnectionError, RespError
 
@@ -39,7 +40,7 @@ def collect_status(cli: CliContext) -> dict[str, Any]:
         ]
         data["record_counts"] = store.count_by_status(settings.effective_database_url)
     except Exception as exc:
-        data["records_error"] = f"task records unavailable ({str(exc).splitlines()[0]})"
+        data["records_error"] = f"task records unavailable ({first_line(exc)})"
     return data
 
 

@@ -25,6 +25,7 @@ from appliance.config.envsource import (
     split_mapping,
 )
 from appliance.core import constants as C
+from appliance.core.text import mask_url
 from appliance.errors import ConfigError
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -44,32 +45,6 @@ _FIXES: dict[str, str] = {
     "log_level": "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
     "redis_sentinel_master": "set it to the name the sentinels monitor (sentinel monitor NAME ...)",
 }
-
-
-_LOOSE_PASSWORD = re.compile(r":[^:/@]*@")
-
-
-def mask_url(url: str) -> str:
-    """Return *url* with any password replaced by ``****``."""
-    if ";" in url:  # sentinel://...;sentinel://...: each item may carry the password
-        return ";".join(mask_url(item) for item in url.split(";"))
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "****"
-    try:
-        if parts.password is None:
-            # No URL password, but maybe a mistyped URL around one ("redis:/:pw@host",
-            # "user:pw@host" without a scheme): mask what looks like ":password@".
-            return _LOOSE_PASSWORD.sub(":****@", url)
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
-    except ValueError:  # a bad port
-        return "****"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,8 @@ from typing import Any
 
 from appliance.broker.acl import acl_user, grant, is_noperm
 from appliance.core import constants as C
-from appliance.health.config import HealthConfig, mask
+from appliance.core.text import mask_url
+from appliance.health.config import HealthConfig
 from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -391,7 +392,7 @@ def run_redis_checks(cfg: HealthConfig) -> list[Check]:
             Check(
                 "redis",
                 CRITICAL,
-                f"Redis unreachable at {mask(cfg.broker_url)} ({exc}); "
+                f"Redis unreachable at {mask_url(cfg.broker_url)} ({exc}); "
                 "fix: start redis-server or correct APPLIANCE_BROKER_URL",
             )
         ]

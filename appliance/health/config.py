@@ -6,10 +6,9 @@ few values health uses and reports a bad one as the checker's own failure (UNKNO
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from appliance.config.envsource import (
     default_state_dir,
@@ -141,18 +140,3 @@ def load_health_config(
         thresholds=thresholds,
         sentinel_master=sentinel_master,
     )
-
-
-def mask(url: str) -> str:
-    """*url* without its password (same rule as appliance.config.settings.mask_url)."""
-    if ";" in url:  # sentinel://...;sentinel://...
-        return ";".join(mask(item) for item in url.split(";"))
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return re.sub(r":[^:/@]*@", ":****@", url)  # a mistyped URL around a password
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:****@{host}" + (f":{parts.port}" if parts.port else "")
-    except ValueError:  # not a URL, or a bad port
-        return "****"
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from appliance.core import constants as C
+from appliance.core.text import mask_url
 from appliance.health.checks import CRITICAL, OK, WARNING, Check
-from appliance.health.config import HealthConfig, mask
+from appliance.health.config import HealthConfig
 
 
 def run_database_checks(cfg: HealthConfig, live_workers: set[str]) -> list[Check]:
@@ -33,7 +34,7 @@ def run_database_checks(cfg: HealthConfig, live_workers: set[str]) -> list[Check
                 "fix: appliance db upgrade",
             )
         ]
-    checks = [Check("database", OK, f"database {mask(url)} reachable, schema {state.head}")]
+    checks = [Check("database", OK, f"database {mask_url(url)} reachable, schema {state.head}")]
     limit = cfg.task_time_limit + C.STOP_TIMEOUT_MARGIN_SECONDS
     cutoff = datetime.now(UTC) - timedelta(seconds=limit)
     try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from appliance.core.text import mask_url
 from appliance.health.checks import CRITICAL, OK, Check, read_heartbeats, run_redis_checks
-from appliance.health.config import HealthConfig, mask
+from appliance.health.config import HealthConfig
 from appliance.health.resp import Resp, RespConnectionError, RespError, master_url
 
 
@@ -28,7 +29,7 @@ def resolve_master(cfg: HealthConfig) -> tuple[HealthConfig, Check | None]:
         return cfg, Check(
             "sentinel",
             CRITICAL,
-            f"no master {cfg.sentinel_master!r} from the sentinels at {mask(cfg.broker_url)} "
+            f"no master {cfg.sentinel_master!r} from the sentinels at {mask_url(cfg.broker_url)} "
             f"({exc}); fix: start redis-sentinel or correct APPLIANCE_BROKER_URL and "
             "APPLIANCE_REDIS_SENTINEL_MASTER",
         )

@@ -13,8 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.config.settings import mask_url
 from appliance.core import constants as C
+from appliance.core.text import first_line, mask_url
 from appliance.errors import DatabaseUnavailableError
 
 _engines: dict[tuple[int, str], Engine] = {}
@@ -90,9 +90,7 @@ def session_scope(url: str) -> Iterator[Session]:
 
 def unavailable_error(url: str, exc: Exception) -> DatabaseUnavailableError:
     """A one-line error for a database that cannot serve a command."""
-    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[
-        0
-    ]
+    reason = first_line(getattr(exc, "orig", None) or exc)
     if "no such table" in reason or "does not exist" in reason:
         return DatabaseUnavailableError(
             f"the task-record database {mask_url(url)} has no schema yet ({reason}); "

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from appliance.core import constants as C
+from appliance.core.text import one_line
 
 logger = logging.getLogger("appliance.records")
 
@@ -110,7 +111,7 @@ class Flusher:
                 batch = self._flush_batch()
             except Exception as exc:
                 self._next = now + RETRY_SECONDS
-                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                error = one_line(exc)
                 if self._failing_since is None:
                     self._failing_since = time.time()
                     logger.warning(

@@ -25,6 +25,7 @@ from appliance.core.constants import (
     ENQUEUED_AT_HEADER,
     RECORD_STARTED_DELAY_SECONDS,
 )
+from appliance.core.text import one_line
 from appliance.records import store
 
 logger = logging.getLogger("appliance.records")
@@ -61,7 +62,7 @@ def note_write_error(what: str, exc: Exception) -> None:
     if shared is not None:
         with shared.get_lock():
             shared.value += 1
-    last_write_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    last_write_error = one_line(exc)
     logger.warning("task record not written (%s): %s", what, last_write_error)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from appliance.config.profile import celery_config
-from appliance.config.settings import load_settings, mask_url
+from appliance.config.settings import load_settings
+from appliance.core.text import mask_url
 from appliance.errors import ConfigError
-from appliance.health.config import load_health_config, mask
+from appliance.health.config import load_health_config
 from appliance.health.resp import RespConnectionError, master_url
 from tests.helpers.processes import free_port
 
@@ -44,7 +45,7 @@ def test_a_plain_redis_broker_gets_no_sentinel_options(monkeypatch: pytest.Monke
 
 
 def test_every_sentinel_item_is_masked() -> None:
-    for masked in (mask_url(URL), mask(URL)):
+    for masked in (mask_url(URL),):
         assert "s3cret" not in masked and masked.count("****") == 2
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config.settings import load_settings, mask_url
+from appliance.config.settings import load_settings
+from appliance.core.text import mask_url
 from appliance.errors import ConfigError
 
 

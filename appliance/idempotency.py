@@ -30,6 +30,7 @@ import redis
 from kombu.utils import json as kombu_json
 
 from appliance.core import constants as C
+from appliance.core import keys
 
 logger = logging.getLogger("appliance.idempotency")
 
@@ -68,7 +69,7 @@ def _client() -> redis.Redis:
 
 def idem_key(task_name: str, key: str) -> str:
     """The Redis key guarding *key* of task *task_name*."""
-    return f"{C.IDEMPOTENCY_KEY_PREFIX}{task_name}:{key}"
+    return f"{keys.IDEMPOTENCY_KEY_PREFIX}{task_name}:{key}"
 
 
 def _claim_seconds(task: Any) -> int:

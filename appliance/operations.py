@@ -9,6 +9,7 @@ from typing import Any
 
 from appliance.config.settings import Settings
 from appliance.core import constants as C
+from appliance.core import keys
 from appliance.errors import ApplianceError, RecordNotFoundError
 
 RETRYABLE = ("FAILURE", "REVOKED")
@@ -80,11 +81,11 @@ def revoke(settings: Settings, task_id: str, *, terminate: bool = False) -> None
     now = time.time()
     try:
         pipe = client(settings).pipeline(transaction=True)
-        pipe.zadd(C.REVOKED_KEY, {task_id: now})
-        pipe.zremrangebyscore(C.REVOKED_KEY, 0, now - C.REVOKED_KEEP_SECONDS)
+        pipe.zadd(keys.REVOKED_KEY, {task_id: now})
+        pipe.zremrangebyscore(keys.REVOKED_KEY, 0, now - C.REVOKED_KEEP_SECONDS)
         if terminate:
-            pipe.zadd(C.TERMINATE_KEY, {task_id: now})
-            pipe.zremrangebyscore(C.TERMINATE_KEY, 0, now - C.TERMINATE_KEEP_SECONDS)
+            pipe.zadd(keys.TERMINATE_KEY, {task_id: now})
+            pipe.zremrangebyscore(keys.TERMINATE_KEY, 0, now - C.TERMINATE_KEEP_SECONDS)
         pipe.execute()
         load_tasks().control.revoke(task_id, terminate=terminate, signal="SIGTERM")
     except (redis.RedisError, OSError) as exc:
@@ -102,7 +103,7 @@ def revoke(settings: Settings, task_id: str, *, terminate: bool = False) -> None
 def persisted_revokes(redis_client: Any) -> list[str]:
     """Ids revoked within the keep period (a starting worker adds them to its revoked set)."""
     cutoff = time.time() - C.REVOKED_KEEP_SECONDS
-    return [i.decode() for i in redis_client.zrangebyscore(C.REVOKED_KEY, cutoff, "+inf")]
+    return [i.decode() for i in redis_client.zrangebyscore(keys.REVOKED_KEY, cutoff, "+inf")]
 
 
 def purge_records(

@@ -26,6 +26,7 @@ from kombu.exceptions import OperationalError
 from appliance.broker.lease import Lease
 from appliance.config.settings import get_settings
 from appliance.core import constants as C
+from appliance.core import keys
 from appliance.worker.sdnotify import Notifier, watchdog_interval
 
 logger = logging.getLogger("appliance.beat")
@@ -124,7 +125,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
         new_entry = next(entry)
         stamp = repr(new_entry.last_run_at.timestamp())
         if self._lease is None or not self._lease.hset_if_held(
-            C.BEAT_LAST_RUN_KEY, entry.name, stamp
+            keys.BEAT_LAST_RUN_KEY, entry.name, stamp
         ):
             raise _LeaseLost(entry.name)
         self.schedule[entry.name] = new_entry
@@ -148,7 +149,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
     # Roles ------------------------------------------------------------------------------
 
     def _take_over(self, lease: Lease) -> None:
-        runs = _last_runs(lease.client.hgetall(C.BEAT_LAST_RUN_KEY))
+        runs = _last_runs(lease.client.hgetall(keys.BEAT_LAST_RUN_KEY))
         for name, entry in self.schedule.items():
             if name in runs:
                 entry.last_run_at = datetime.fromtimestamp(runs[name], tz=self.app.timezone)
@@ -166,7 +167,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
                 logger.info("beat lease held by another beat: standing by")
             self._role = "standby"
             self._heap = None
-        leader = _leader_of(lease.client.get(C.BEAT_TICK_KEY))
+        leader = _leader_of(lease.client.get(keys.BEAT_TICK_KEY))
         self._set_status(f"standby; leader: {leader}")
         remaining = lease.remaining()
         if remaining is None:
@@ -195,7 +196,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
             "next_due": due,
             "lease_ttl": self.lease_ttl,
         }
-        lease.client.set(C.BEAT_TICK_KEY, json.dumps(tick), ex=C.HEARTBEAT_TTL)
+        lease.client.set(keys.BEAT_TICK_KEY, json.dumps(tick), ex=C.HEARTBEAT_TTL)
         if name is None or due is None:
             self._set_status("leader; nothing scheduled")
             return
@@ -230,7 +231,7 @@ class LeaderScheduler(PersistentScheduler):  # type: ignore[misc]
     def _get_lease(self) -> Lease:
         if self._lease is None:
             client = self._client if self._client is not None else self._broker_redis()
-            self._lease = Lease(client, C.BEAT_LEASE_KEY, self.lease_ttl)
+            self._lease = Lease(client, keys.BEAT_LEASE_KEY, self.lease_ttl)
         return self._lease
 
     def _broker_redis(self) -> redis.Redis:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from appliance.core import constants as C
+from appliance.core import keys
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def make(
 
 def store(client: redis.Redis, letter: DeadLetter) -> None:
     pipe = client.pipeline(transaction=True)
-    pipe.hset(C.DEADLETTER_KEY, letter.id, json.dumps(asdict(letter)))
-    pipe.zadd(C.DEADLETTER_INDEX_KEY, {letter.id: letter.stored_at})
+    pipe.hset(keys.DEADLETTER_KEY, letter.id, json.dumps(asdict(letter)))
+    pipe.zadd(keys.DEADLETTER_INDEX_KEY, {letter.id: letter.stored_at})
     pipe.execute()
 
 
@@ -80,28 +80,28 @@ def _parse(raw: bytes | str | None) -> DeadLetter | None:
 
 
 def get(client: redis.Redis, letter_id: str) -> DeadLetter | None:
-    return _parse(client.hget(C.DEADLETTER_KEY, letter_id))
+    return _parse(client.hget(keys.DEADLETTER_KEY, letter_id))
 
 
 def list_letters(client: redis.Redis, limit: int = 100) -> list[DeadLetter]:
     """Newest first."""
     ids = [
         str(i, "utf-8") if isinstance(i, bytes) else str(i)
-        for i in client.zrevrange(C.DEADLETTER_INDEX_KEY, 0, limit - 1)
+        for i in client.zrevrange(keys.DEADLETTER_INDEX_KEY, 0, limit - 1)
     ]
     if not ids:
         return []
-    return [d for d in (_parse(raw) for raw in client.hmget(C.DEADLETTER_KEY, ids)) if d]
+    return [d for d in (_parse(raw) for raw in client.hmget(keys.DEADLETTER_KEY, ids)) if d]
 
 
 def count(client: redis.Redis) -> int:
-    return int(client.zcard(C.DEADLETTER_INDEX_KEY))
+    return int(client.zcard(keys.DEADLETTER_INDEX_KEY))
 
 
 def drop(client: redis.Redis, letter_id: str) -> bool:
     pipe = client.pipeline(transaction=True)
-    pipe.hdel(C.DEADLETTER_KEY, letter_id)
-    pipe.zrem(C.DEADLETTER_INDEX_KEY, letter_id)
+    pipe.hdel(keys.DEADLETTER_KEY, letter_id)
+    pipe.zrem(keys.DEADLETTER_INDEX_KEY, letter_id)
     removed, _ = pipe.execute()
     return bool(removed)
 
@@ -113,7 +113,7 @@ def requeue(client: redis.Redis, letter: DeadLetter, queue: str | None = None) -
         raise ValueError("the dead letter has no queue; name one")
     pipe = client.pipeline(transaction=True)
     pipe.lpush(target, letter.raw)
-    pipe.hdel(C.DEADLETTER_KEY, letter.id)
-    pipe.zrem(C.DEADLETTER_INDEX_KEY, letter.id)
+    pipe.hdel(keys.DEADLETTER_KEY, letter.id)
+    pipe.zrem(keys.DEADLETTER_INDEX_KEY, letter.id)
     pipe.execute()
     return target

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
-from appliance.core import constants as C
+from appliance.core import keys
 from appliance.core.text import first_line
 
 
@@ -27,7 +27,7 @@ def collect_status(cli: CliContext) -> dict[str, Any]:
             data["workers"] = sorted(read_heartbeats(conn), key=lambda b: str(b.get("hostname")))
             data["queues"] = queue_stats(conn, settings.queues, now)
             data["unacked"] = unacked_stats(conn, now)
-            raw = conn.call("GET", C.BEAT_TICK_KEY)
+            raw = conn.call("GET", keys.BEAT_TICK_KEY)
             data["beat"] = json.loads(raw) if raw else None
     except (RespConnectionError, RespError, ValueError) as exc:
         data["error"] = f"Redis unreachable ({exc})"

@@ -1,10 +1,6 @@
-"""Redis keys, names and tunable defaults, each with the reason for its value."""
+"""Names and tunable defaults, each with the reason for its value (Redis keys: keys.py)."""
 
 from __future__ import annotations
-
-# Every key the appliance itself writes carries this prefix, so `SCAN appliance:*`
-# finds all of them and nothing of Celery's or kombu's.
-KEY_PREFIX = "appliance:"
 
 # Header stamped on every published message: the health check measures queue age from it.
 ENQUEUED_AT_HEADER = "enqueued_at"
@@ -100,27 +96,19 @@ SQLITE_FILE = "appliance.db"
 # HEARTBEAT_INTERVAL seconds; a key that outlives HEARTBEAT_TTL means the node is gone.
 HEARTBEAT_INTERVAL = 10
 HEARTBEAT_TTL = 30
-WORKER_HEARTBEAT_KEY = KEY_PREFIX + "worker:{hostname}"  # JSON, one per worker node
 
 # Dead letters: messages a worker cannot run (unknown task, undecodable or garbage body),
 # kept with their raw bytes instead of being dropped as stock Celery does.
-DEADLETTER_KEY = KEY_PREFIX + "deadletter"  # hash: id -> JSON entry
-DEADLETTER_INDEX_KEY = KEY_PREFIX + "deadletter:index"  # sorted set: id -> time stored
 
 # Revokes persisted in Redis (id -> time), loaded by every worker at start: stock Celery
 # keeps them only in the memory of the workers running at the time. Kept this long.
-REVOKED_KEY = KEY_PREFIX + "revoked"
 REVOKED_KEEP_SECONDS = 30 * 24 * 3600
 # Ids revoked with --terminate (zset, score = when): a consumers unit's parent kills the
 # consumer running one (its loop runs the task, so it cannot read the broadcast).
-TERMINATE_KEY = KEY_PREFIX + "terminate"
 TERMINATE_KEEP_SECONDS = 24 * 3600
 
 # Beat: one active beat across hosts holds the lease; every tick renews it and writes
 # the tick key. The loop interval stays well under the lease TTL and WatchdogSec/2.
-BEAT_LEASE_KEY = KEY_PREFIX + "beat:lease"  # value: the leader's random token
-BEAT_TICK_KEY = KEY_PREFIX + "beat:tick"  # JSON: leader, last tick, next due entry
-BEAT_LAST_RUN_KEY = KEY_PREFIX + "beat:last-run"  # hash: entry name -> last run (epoch s)
 DEFAULT_BEAT_LEASE_TTL = 30
 BEAT_MAX_LOOP_INTERVAL = 5
 
@@ -144,7 +132,6 @@ REAP_RETRY_MAX_SECONDS = 0.5
 # Idempotent tasks (appliance/idempotency.py): one key per task name and idempotency key,
 # holding "running" while the body runs and then its result, so a duplicate delivery gets
 # that result instead of running the body again. Kept as long as results (a day).
-IDEMPOTENCY_KEY_PREFIX = KEY_PREFIX + "idem:"
 IDEMPOTENCY_TTL_SECONDS = RESULT_EXPIRES_SECONDS
 # A duplicate that finds the first delivery still running retries after this many seconds.
 IDEMPOTENCY_BUSY_RETRY_SECONDS = 5
@@ -153,8 +140,6 @@ IDEMPOTENCY_BUSY_RETRY_SECONDS = 5
 # write directly again (appliance/records/journal.py): ~300 B an entry, ~60 MB at most,
 # so a long database outage cannot fill a noeviction Redis.
 RECORDS_JOURNAL_CAP = 200_000
-RECORDS_JOURNAL_KEY = KEY_PREFIX + "records:journal:{node}"  # list, one per consumers unit
 # JSON {waiting, since, error}, TTL 30 s: written by a unit's parent while its journal
 # cannot be written to the database; `appliance health` reports it (record_journal).
-RECORDS_JOURNAL_WAITING_KEY = KEY_PREFIX + "records:journal-waiting:{node}"
 RECORDS_JOURNAL_WAITING_TTL = 30

@@ -9,6 +9,7 @@ from typing import Any
 
 from appliance.broker.acl import acl_user, grant, is_noperm
 from appliance.core import constants as C
+from appliance.core import keys
 from appliance.core.text import mask_url
 from appliance.health.config import HealthConfig
 from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
@@ -21,9 +22,6 @@ STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UN
 # and their delivery times in a sorted set.
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
-UNACKED_KEY = "unacked"
-UNACKED_INDEX_KEY = "unacked_index"
-PIDBOX_REPLY_PATTERN = "*.reply.celery.pidbox"
 
 
 @dataclass
@@ -193,8 +191,8 @@ def queue_stats(conn: Resp, queues: list[str], now: float) -> list[dict[str, Any
 def unacked_stats(conn: Resp, now: float) -> dict[str, Any]:
     """Messages taken by workers but not acknowledged, and how long the oldest has been out."""
     commands: list[list[Any]] = [
-        ["HLEN", UNACKED_KEY],
-        ["ZRANGE", UNACKED_INDEX_KEY, 0, 0, "WITHSCORES"],
+        ["HLEN", keys.UNACKED_KEY],
+        ["ZRANGE", keys.UNACKED_INDEX_KEY, 0, 0, "WITHSCORES"],
     ]
     count, oldest = conn.pipeline(commands)
     return {"count": count, "oldest_age": max(0.0, now - float(oldest[1])) if oldest else 0.0}
@@ -239,32 +237,32 @@ def check_unacked(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
 
 def _scan(conn: Resp, pattern: str, count: int = 500) -> list[bytes]:
     """Every key matching *pattern* (SCAN, never KEYS: the broker is busy)."""
-    keys: list[bytes] = []
+    found: list[bytes] = []
     cursor: Any = b"0"
     while True:
         cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-        keys += batch
+        found += batch
         if cursor in (b"0", 0, "0"):
             break
-    return keys
+    return found
 
 
 def _json_values(conn: Resp, pattern: str) -> list[tuple[bytes, Any]]:
     """(key, decoded JSON value) of every key matching *pattern*; garbage is skipped."""
-    keys = _scan(conn, pattern)
-    if not keys:
+    names = _scan(conn, pattern)
+    if not names:
         return []
-    found = []
-    for key, raw in zip(keys, conn.call("MGET", *keys), strict=True):
+    values = []
+    for key, raw in zip(names, conn.call("MGET", *names), strict=True):
         try:
-            found.append((key, json.loads(raw)))
+            values.append((key, json.loads(raw)))
         except (TypeError, ValueError):
             continue
-    return found
+    return values
 
 
 def read_heartbeats(conn: Resp) -> list[dict[str, Any]]:
-    return [beat for _, beat in _json_values(conn, C.WORKER_HEARTBEAT_KEY.format(hostname="*"))]
+    return [beat for _, beat in _json_values(conn, keys.WORKER_HEARTBEAT_KEY.format(hostname="*"))]
 
 
 def check_workers(cfg: HealthConfig, beats: list[dict[str, Any]], now: float) -> list[Check]:
@@ -318,7 +316,7 @@ def check_record_journal(conn: Resp, now: float) -> list[Check]:
     """Final record writes waiting in a consumers unit's journal for the database."""
     states = [
         (key.decode(errors="replace").rsplit(":", 1)[-1], state)
-        for key, state in _json_values(conn, C.RECORDS_JOURNAL_WAITING_KEY.format(node="*"))
+        for key, state in _json_values(conn, keys.RECORDS_JOURNAL_WAITING_KEY.format(node="*"))
         if isinstance(state, dict)
     ]
     if not states:
@@ -340,7 +338,7 @@ def check_record_journal(conn: Resp, now: float) -> list[Check]:
 
 def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     """A fresh tick from the beat leader."""
-    raw = conn.call("GET", C.BEAT_TICK_KEY)
+    raw = conn.call("GET", keys.BEAT_TICK_KEY)
     tick: dict[str, Any] = {}
     if raw:
         try:
@@ -365,7 +363,7 @@ def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
 
 def check_pidbox(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     """Reply keys of remote-control calls: they never expire (celery #6089) and pile up."""
-    count = len(_scan(conn, PIDBOX_REPLY_PATTERN, count=1000))
+    count = len(_scan(conn, keys.PIDBOX_REPLY_PATTERN, count=1000))
     check = _measured(
         "pidbox_orphans", count, "", cfg.threshold("pidbox_orphans"), "pidbox reply keys"
     )

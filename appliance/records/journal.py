@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from appliance.core import constants as C
+from appliance.core import keys
 from appliance.core.text import one_line
 
 logger = logging.getLogger("appliance.records")
@@ -39,7 +40,7 @@ RETRY_SECONDS = 1.0
 
 
 def journal_key(node: str) -> str:
-    return C.RECORDS_JOURNAL_KEY.format(node=node)
+    return keys.RECORDS_JOURNAL_KEY.format(node=node)
 
 
 def _tag(value: Any) -> Any:
@@ -93,7 +94,7 @@ class Flusher:
     def __init__(self, client: Any, node: str, url: str) -> None:
         self.client, self.url = client, url
         self.key = journal_key(node)
-        self._waiting_key = C.RECORDS_JOURNAL_WAITING_KEY.format(node=node)
+        self._waiting_key = keys.RECORDS_JOURNAL_WAITING_KEY.format(node=node)
         self._next = 0.0
         self._failing_since: float | None = None
         self.written = 0

@@ -46,11 +46,10 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from appliance.config.settings import Settings
-from appliance.core import constants as C
+from appliance.core import keys
 
 logger = logging.getLogger("appliance.reconcile")
 
-LOCK_KEY = C.KEY_PREFIX + "reconcile:lock"
 # Long enough for a scan of a big backlog; renewed before every publish.
 LOCK_TTL_SECONDS = 120.0
 # A message is only "missing" if two scans this far apart both miss it.
@@ -243,13 +242,13 @@ def _republish(
     lock = broker.lock()
     if not lock.acquire():
         report.locked_out = True
-        logger.info("reconcile: another reconciler holds %s; nothing done", LOCK_KEY)
+        logger.info("reconcile: another reconciler holds %s; nothing done", keys.RECONCILE_LOCK_KEY)
         return
     try:
         for record in _missing(settings, broker, candidates, cutoff, report, confirm_seconds):
             if not lock.renew():
                 report.locked_out = True
-                logger.warning("reconcile: lost the lock %s; stopping", LOCK_KEY)
+                logger.warning("reconcile: lost the lock %s; stopping", keys.RECONCILE_LOCK_KEY)
                 return
             broker.republish(record)
             report.republished.append(record["id"])
@@ -360,11 +359,11 @@ class RedisBroker:
     def lock(self) -> Lock:
         from appliance.broker.lease import Lease
 
-        return Lease(self.client, LOCK_KEY, LOCK_TTL_SECONDS)
+        return Lease(self.client, keys.RECONCILE_LOCK_KEY, LOCK_TTL_SECONDS)
 
     def message_ids(self, queues: Sequence[str]) -> set[str]:
         """Ids of the messages in the queues' lists (every priority), then in unacked."""
-        from appliance.health.checks import UNACKED_KEY, queue_keys
+        from appliance.health.checks import queue_keys
 
         script = self.client.register_script(IDS_IN_RANGE_SCRIPT)
         ids: set[str] = set()
@@ -379,7 +378,7 @@ class RedisBroker:
                     if len(chunk) < SCAN_CHUNK:
                         break
                     start += SCAN_CHUNK
-        for _tag, raw in self.client.hscan_iter(UNACKED_KEY, count=SCAN_CHUNK):
+        for _tag, raw in self.client.hscan_iter(keys.UNACKED_KEY, count=SCAN_CHUNK):
             task_id = _unacked_task_id(raw)
             if task_id:
                 ids.add(task_id)

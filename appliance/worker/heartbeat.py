@@ -6,11 +6,11 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import redis
 
 from appliance.core import constants as C
+from appliance.core import keys
 
 
 def current_rss_kib() -> int:
@@ -51,7 +51,7 @@ class WorkerHeartbeat:
 
 
 def worker_key(hostname: str) -> str:
-    return C.WORKER_HEARTBEAT_KEY.format(hostname=hostname)
+    return keys.WORKER_HEARTBEAT_KEY.format(hostname=hostname)
 
 
 def publish(client: redis.Redis, beat: WorkerHeartbeat, ttl: int = C.HEARTBEAT_TTL) -> None:
@@ -61,21 +61,6 @@ def publish(client: redis.Redis, beat: WorkerHeartbeat, ttl: int = C.HEARTBEAT_T
 
 def remove(client: redis.Redis, hostname: str) -> None:
     client.delete(worker_key(hostname))
-
-
-def read_all(client: redis.Redis) -> list[dict[str, Any]]:
-    """Every live worker heartbeat (SCAN, never KEYS)."""
-    pattern = C.WORKER_HEARTBEAT_KEY.format(hostname="*")
-    keys = list(client.scan_iter(match=pattern, count=200))
-    values = client.mget(keys) if keys else []
-    beats = []
-    for raw in values:
-        if raw:
-            try:
-                beats.append(json.loads(raw))
-            except ValueError:
-                continue
-    return beats
 
 
 def now() -> float:

@@ -145,7 +145,7 @@ def refuse_evicting_broker(settings: Settings) -> None:
     import redis
 
     from appliance.broker.admin import client
-    from appliance.config.settings import mask_url
+    from appliance.core.text import mask_url
 
     try:
         policy = str(client(settings).info("memory").get("maxmemory_policy", "noeviction"))

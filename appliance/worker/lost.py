@@ -40,7 +40,8 @@ from celery.worker import state as worker_state
 
 from appliance.broker import deadletter
 from appliance.config.settings import get_settings
-from appliance.core.constants import KEY_PREFIX
+from appliance.core.keys import LOST_KEY_PREFIX
+from appliance.core.text import one_line
 from appliance.records import signals as record_signals
 from appliance.records import store as records
 from appliance.worker.consumer import raw_of
@@ -48,7 +49,6 @@ from appliance.worker.stats import CountingRequest, counters
 
 logger = logging.getLogger("appliance.worker_lost")
 
-LOST_KEY_PREFIX = KEY_PREFIX + "lost:"
 # Long enough to outlast a redelivery that waits behind a deep queue (a requeued message
 # goes to the back of its queue); the key exists only for tasks that lost a child.
 LOST_KEY_TTL_SECONDS = 7 * 24 * 3600
@@ -135,7 +135,7 @@ class Request(CountingRequest):
                 self.name,
                 self.id,
                 status,
-                _one_line(error),
+                one_line(error),
             )
             return super().on_failure(
                 exc_info, send_failed_event=send_failed_event, return_ok=return_ok
@@ -197,7 +197,7 @@ class Request(CountingRequest):
                 self.name,
                 self.id,
                 reason,
-                _one_line(error),
+                one_line(error),
             )
             return False
         logger.error("%s[%s]: %s", self.name, self.id, reason)
@@ -215,7 +215,7 @@ class Request(CountingRequest):
             )
         except Exception as error:
             logger.warning(
-                "%s[%s]: FAILURE result not stored (%s)", self.name, self.id, _one_line(error)
+                "%s[%s]: FAILURE result not stored (%s)", self.name, self.id, one_line(error)
             )
         self.task.request_stack.push(self._context)
         try:
@@ -230,8 +230,3 @@ class Request(CountingRequest):
             )
         finally:
             self.task.request_stack.pop()
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -22,10 +22,10 @@ from celery.exceptions import TimeLimitExceeded
 
 from appliance.broker import deadletter
 from appliance.config.settings import get_settings
+from appliance.core.text import one_line
 from appliance.records import signals as record_signals
 from appliance.records import store as records
 from appliance.worker.lost import (
-    _one_line,
     count_loss,
     forget_losses,
     give_up_reason,
@@ -77,7 +77,7 @@ def _fail(task_id: str, name: str, exc: BaseException, error: str) -> None:
     try:
         app.backend.mark_as_failure(task_id, exc)
     except Exception as err:
-        logger.warning("%s[%s]: FAILURE result not stored (%s)", name, task_id, _one_line(err))
+        logger.warning("%s[%s]: FAILURE result not stored (%s)", name, task_id, one_line(err))
     record_signals.guarded(
         lambda url: records.record_failed(
             url, task_id=task_id, name=name, error=error, traceback=None
@@ -96,7 +96,7 @@ def requeue(tag: str, why: str) -> None:
             "visibility timeout",
             tag,
             why,
-            _one_line(exc),
+            one_line(exc),
         )
         return
     logger.info("requeued message %s (%s)", tag, why)
@@ -110,7 +110,7 @@ def hard_time_limit_exceeded(tag: str, task_id: str, name: str, limit: float) ->
         with _channel() as channel:
             _ack(channel, tag)
     except Exception as exc:
-        logger.warning("%s[%s]: message not acked (%s)", name, task_id, _one_line(exc))
+        logger.warning("%s[%s]: message not acked (%s)", name, task_id, one_line(exc))
 
 
 def terminated(tag: str, task_id: str, name: str) -> None:
@@ -121,7 +121,7 @@ def terminated(tag: str, task_id: str, name: str) -> None:
     try:
         app.backend.mark_as_revoked(task_id, reason)
     except Exception as exc:
-        logger.warning("%s[%s]: REVOKED result not stored (%s)", name, task_id, _one_line(exc))
+        logger.warning("%s[%s]: REVOKED result not stored (%s)", name, task_id, one_line(exc))
     record_signals.guarded(
         lambda url: records.record_revoked(url, task_id=task_id, name=name, reason=reason)
     )()
@@ -129,7 +129,7 @@ def terminated(tag: str, task_id: str, name: str) -> None:
         with _channel() as channel:
             _ack(channel, tag)
     except Exception as exc:
-        logger.warning("%s[%s]: message not acked (%s)", name, task_id, _one_line(exc))
+        logger.warning("%s[%s]: message not acked (%s)", name, task_id, one_line(exc))
 
 
 def consumer_lost(tag: str, task_id: str, name: str, status: str) -> None:
@@ -141,7 +141,7 @@ def consumer_lost(tag: str, task_id: str, name: str, status: str) -> None:
             with _channel() as channel:
                 _ack(channel, tag)
         except Exception as exc:
-            logger.warning("%s[%s]: message not acked (%s)", name, task_id, _one_line(exc))
+            logger.warning("%s[%s]: message not acked (%s)", name, task_id, one_line(exc))
         return
     try:
         with _channel() as channel:
@@ -164,7 +164,7 @@ def consumer_lost(tag: str, task_id: str, name: str, status: str) -> None:
             name,
             task_id,
             status,
-            _one_line(exc),
+            one_line(exc),
         )
         requeue(tag, f"{name}[{task_id}] lost its consumer")
         return

@@ -42,6 +42,7 @@ from typing import Any
 from billiard.common import human_status
 
 from appliance.core import constants as C
+from appliance.core import keys
 from appliance.worker.consumers.pool import EX_RECYCLE
 
 logger = logging.getLogger("appliance.consumers")
@@ -493,7 +494,7 @@ class Supervisor:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for consumer in busy:
-                pipe.zscore(C.TERMINATE_KEY, consumer.running.task_id)  # type: ignore[union-attr]
+                pipe.zscore(keys.TERMINATE_KEY, consumer.running.task_id)  # type: ignore[union-attr]
             scores = pipe.execute()
         except Exception as exc:
             logger.debug("terminate requests not read: %s", exc)

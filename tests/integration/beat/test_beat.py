@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 from appliance.config.settings import get_settings
-from appliance.core import constants as C
+from appliance.core import keys
 from tests.helpers.processes import ApplianceProcess, wait_until
 from tests.helpers.redis_server import local_redis_server
 
@@ -47,7 +47,7 @@ def test_sigterm_while_beat_waits_on_redis_exits_0_without_a_traceback(
         )
         beat = ApplianceProcess(["beat"], env, tmp_path / "beat.log")
         try:
-            wait_until(lambda: server.client().get(C.BEAT_LEASE_KEY), 60, "beat to lead")
+            wait_until(lambda: server.client().get(keys.BEAT_LEASE_KEY), 60, "beat to lead")
             redis_proc.send_signal(signal.SIGSTOP)
             try:
                 wait_until(

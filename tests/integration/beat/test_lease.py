@@ -14,6 +14,7 @@ import pytest
 
 from appliance.broker.lease import Lease
 from appliance.core import constants as C
+from appliance.core import keys
 from tests.helpers.notify import NotifyPeer
 from tests.helpers.processes import ApplianceProcess, wait_until
 from tests.helpers.redis_server import RedisServer
@@ -30,7 +31,7 @@ def test_one_token_holds_the_lease_and_only_it_renews_or_releases(
     clean_redis: RedisServer,
 ) -> None:
     client = clean_redis.client()
-    first, second = (Lease(client, C.BEAT_LEASE_KEY, ttl=5) for _ in range(2))
+    first, second = (Lease(client, keys.BEAT_LEASE_KEY, ttl=5) for _ in range(2))
 
     assert first.acquire()
     assert not second.acquire()
@@ -40,24 +41,27 @@ def test_one_token_holds_the_lease_and_only_it_renews_or_releases(
     assert 4 < (second.remaining() or 0) <= 5
     assert first.release()
     assert second.hold()
-    assert client.get(C.BEAT_LEASE_KEY) == second.token.encode()
+    assert client.get(keys.BEAT_LEASE_KEY) == second.token.encode()
 
 
 def test_an_expired_lease_goes_to_the_next_taker_and_fences_the_old_holder(
     clean_redis: RedisServer,
 ) -> None:
     client = clean_redis.client()
-    old, new = Lease(client, C.BEAT_LEASE_KEY, ttl=0.3), Lease(client, C.BEAT_LEASE_KEY, ttl=5)
+    old, new = (
+        Lease(client, keys.BEAT_LEASE_KEY, ttl=0.3),
+        Lease(client, keys.BEAT_LEASE_KEY, ttl=5),
+    )
     assert old.acquire()
-    assert old.hset_if_held(C.BEAT_LAST_RUN_KEY, "entry", "1.0")
+    assert old.hset_if_held(keys.BEAT_LAST_RUN_KEY, "entry", "1.0")
 
     wait_until(new.acquire, 5, "the expired lease to be taken")
 
     assert not old.renew()
-    assert not old.hset_if_held(C.BEAT_LAST_RUN_KEY, "entry", "2.0")
-    assert client.hget(C.BEAT_LAST_RUN_KEY, "entry") == b"1.0"
+    assert not old.hset_if_held(keys.BEAT_LAST_RUN_KEY, "entry", "2.0")
+    assert client.hget(keys.BEAT_LAST_RUN_KEY, "entry") == b"1.0"
     assert not old.release()
-    assert client.get(C.BEAT_LEASE_KEY) == new.token.encode()
+    assert client.get(keys.BEAT_LEASE_KEY) == new.token.encode()
 
 
 # Real `appliance beat` processes -------------------------------------------------------
@@ -90,7 +94,7 @@ def _sent(redis_server: RedisServer) -> list[float]:
 
 
 def _leader_pid(redis_server: RedisServer) -> int | None:
-    raw = redis_server.client().get(C.BEAT_TICK_KEY)
+    raw = redis_server.client().get(keys.BEAT_TICK_KEY)
     return int(json.loads(raw)["pid"]) if raw else None
 
 
@@ -157,7 +161,7 @@ def test_beat_tells_systemd_ready_watchdog_and_stopping_and_hands_back_the_lease
     try:
         wait_until(lambda: notify_peer.times("READY", "1"), 60, "READY=1")
         wait_until(lambda: len(notify_peer.times("WATCHDOG", "1")) >= 3, 15, "three WATCHDOG=1")
-        assert clean_redis.client().get(C.BEAT_LEASE_KEY) is not None
+        assert clean_redis.client().get(keys.BEAT_LEASE_KEY) is not None
     finally:
         code = beat.terminate(timeout=30)
 
@@ -168,4 +172,4 @@ def test_beat_tells_systemd_ready_watchdog_and_stopping_and_hands_back_the_lease
     assert "WatchdogSec/2 (2s) is shorter" in beat.output()
     assert any(s.startswith("leader; next: appliance-") for s in notify_peer.values("STATUS"))
     wait_until(lambda: notify_peer.times("STOPPING", "1"), 5, "STOPPING=1")
-    assert clean_redis.client().get(C.BEAT_LEASE_KEY) is None, "the lease was not released"
+    assert clean_redis.client().get(keys.BEAT_LEASE_KEY) is None, "the lease was not released"

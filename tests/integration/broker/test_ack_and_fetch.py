@@ -16,7 +16,7 @@ import signal
 import appliance
 from appliance.broker import deadletter
 from appliance.celery_app import app
-from appliance.core import constants as C
+from appliance.core import keys
 from tests.helpers.processes import wait_until
 from tests.helpers.redis_server import RedisServer
 from tests.integration.conftest import WorkerFactory
@@ -93,7 +93,7 @@ def test_garbage_and_revoked_messages_inside_a_loaded_queue(
     revoked = appliance.submit_many("demo.add", [{"args": [i, 0]} for i in range(200)])
     last = appliance.submit_many("demo.add", [{"args": [i, 0]} for i in range(50)])
     # Revoked before any worker runs: each is acked as it is received, one after the other.
-    client.zadd(C.REVOKED_KEY, dict.fromkeys(revoked, 1e10))
+    client.zadd(keys.REVOKED_KEY, dict.fromkeys(revoked, 1e10))
     worker = start_worker(api_env, "-c", "2")
     wait_until(lambda: _done(first + last), 120, "the live tasks SUCCESS")
     wait_until(lambda: client.llen("default") == 0, 60, "the queue drained")

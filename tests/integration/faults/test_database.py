@@ -29,9 +29,10 @@ from typing import Any
 import pytest
 
 from appliance.core.constants import DB_LOCK_TIMEOUT_SECONDS
+from appliance.health.checks import read_heartbeats
+from appliance.health.resp import Resp
 from appliance.records import store
 from appliance.records.db import dispose_all
-from appliance.worker import heartbeat
 from tests.helpers.load import publish_batch
 from tests.helpers.private_postgres import PrivateCluster, private_postgres
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
@@ -127,8 +128,13 @@ def _incoherent(records: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     return bad
 
 
+def _heartbeats(server: RedisServer) -> list[dict[str, Any]]:
+    with Resp(server.url()) as conn:
+        return read_heartbeats(conn)
+
+
 def _heartbeat_errors(broker: RedisServer) -> int:
-    return sum(int(b.get("record_write_errors", 0)) for b in heartbeat.read_all(broker.client()))
+    return sum(int(b.get("record_write_errors", 0)) for b in _heartbeats(broker))
 
 
 def _health_check(env: dict[str, str], name: str) -> dict[str, Any] | None:

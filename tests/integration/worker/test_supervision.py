@@ -12,11 +12,14 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import appliance
 from appliance import api
+from appliance.health.checks import read_heartbeats
+from appliance.health.resp import Resp
 from appliance.worker import heartbeat
 from tests.helpers.notify import NotifyPeer
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
@@ -173,7 +176,7 @@ def test_heartbeat_key_reports_the_node_and_disappears_on_clean_stop(
         )
         assert bad.returncode == 1
         beats = wait_until(
-            lambda: [b for b in heartbeat.read_all(client) if b["failed"] == 1],
+            lambda: [b for b in _heartbeats(clean_redis) if b["failed"] == 1],
             30,
             "a heartbeat with counts",
         )
@@ -188,7 +191,7 @@ def test_heartbeat_key_reports_the_node_and_disappears_on_clean_stop(
         assert 0 < ttl <= 30
     finally:
         assert worker.terminate(timeout=60) == 0
-    assert heartbeat.read_all(client) == []
+    assert _heartbeats(clean_redis) == []
 
 
 def test_sigterm_during_a_task_lets_it_finish_and_requeues_the_waiting_ones(
@@ -213,3 +216,8 @@ def test_sigterm_during_a_task_lets_it_finish_and_requeues_the_waiting_ones(
     assert [appliance.get_task(t)["status"] for t in waiting] == ["PENDING"] * 3  # type: ignore[index]
     queued = [json.loads(m)["headers"]["id"] for m in clean_redis.client().lrange("default", 0, -1)]
     assert sorted(queued) == sorted(waiting)
+
+
+def _heartbeats(server: RedisServer) -> list[dict[str, Any]]:
+    with Resp(server.url()) as conn:
+        return read_heartbeats(conn)

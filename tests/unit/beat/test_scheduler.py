@@ -19,6 +19,7 @@ from appliance.beat.scheduler import LeaderScheduler
 from appliance.broker.lease import Lease
 from appliance.config.settings import get_settings, load_settings
 from appliance.core import constants as C
+from appliance.core import keys
 from appliance.worker.launch import beat_argv
 from appliance.worker.sdnotify import Notifier
 from tests.helpers.fake_redis import FakeRedis
@@ -49,7 +50,7 @@ class RecordingScheduler(LeaderScheduler):
         super().__init__(*args, **kwargs)
 
     def apply_entry(self, entry: Any, producer: Any = None) -> None:
-        recorded = self._client.hgetall(C.BEAT_LAST_RUN_KEY).get(entry.name.encode())
+        recorded = self._client.hgetall(keys.BEAT_LAST_RUN_KEY).get(entry.name.encode())
         self.sent.append((entry.name, recorded))
 
 
@@ -110,8 +111,8 @@ def _stamp(seconds_ago: float) -> str:
 def test_a_standby_sends_nothing_and_wakes_when_the_lease_runs_out(
     make_scheduler: Factory, fake: FakeRedis, notifier: RecordingNotifier
 ) -> None:
-    fake.set(C.BEAT_LEASE_KEY, "someone-else", px=800)
-    fake.hset(C.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))  # due, for whoever leads
+    fake.set(keys.BEAT_LEASE_KEY, "someone-else", px=800)
+    fake.hset(keys.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))  # due, for whoever leads
     scheduler = make_scheduler()
 
     interval = scheduler.tick()
@@ -119,7 +120,7 @@ def test_a_standby_sends_nothing_and_wakes_when_the_lease_runs_out(
     assert scheduler.sent == []
     assert not scheduler.is_leader
     assert 0 < interval <= 0.82
-    assert fake.get(C.BEAT_TICK_KEY) is None
+    assert fake.get(keys.BEAT_TICK_KEY) is None
     assert notifier.sent[0][0] == "READY=1"
     assert notifier.sent[0][1].startswith("STATUS=standby")
 
@@ -127,7 +128,7 @@ def test_a_standby_sends_nothing_and_wakes_when_the_lease_runs_out(
 def test_the_leader_records_a_run_in_redis_before_it_sends_it(
     make_scheduler: Factory, fake: FakeRedis, notifier: RecordingNotifier
 ) -> None:
-    fake.hset(C.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))
+    fake.hset(keys.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))
     scheduler = make_scheduler()
     before = time.time()
 
@@ -139,7 +140,7 @@ def test_the_leader_records_a_run_in_redis_before_it_sends_it(
     name, recorded = scheduler.sent[0]
     assert name == HOURLY and recorded is not None
     assert float(recorded) >= before, "the new run was in Redis when the task was sent"
-    tick = json.loads(fake.get(C.BEAT_TICK_KEY) or b"{}")
+    tick = json.loads(fake.get(keys.BEAT_TICK_KEY) or b"{}")
     assert tick["next_entry"] == HOURLY
     assert tick["next_due"] == pytest.approx(float(recorded) + 3600, abs=5)
     assert tick["lease_ttl"] == C.DEFAULT_BEAT_LEASE_TTL
@@ -154,7 +155,9 @@ def test_a_new_leader_trusts_the_runs_in_redis_over_its_own_stale_file(
 ) -> None:
     scheduler = make_scheduler()
     scheduler.schedule[HOURLY].last_run_at = datetime.now().astimezone() - timedelta(hours=5)
-    fake.hset(C.BEAT_LAST_RUN_KEY, HOURLY, _stamp(60))  # the previous leader sent it a minute ago
+    fake.hset(
+        keys.BEAT_LAST_RUN_KEY, HOURLY, _stamp(60)
+    )  # the previous leader sent it a minute ago
 
     scheduler.tick()
 
@@ -167,15 +170,15 @@ def test_a_run_is_not_sent_when_the_lease_is_gone_at_the_moment_it_is_recorded(
 ) -> None:
     # The lease expires between this tick's renewal and the record: the fence refuses.
     monkeypatch.setattr(Lease, "hold", lambda self: True)
-    fake.set(C.BEAT_LEASE_KEY, "the-next-leader", px=30_000)
-    fake.hset(C.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))
+    fake.set(keys.BEAT_LEASE_KEY, "the-next-leader", px=30_000)
+    fake.hset(keys.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))
     scheduler = make_scheduler()
 
     scheduler.tick()
 
     assert scheduler.sent == []
     assert not scheduler.is_leader
-    assert float(fake.hgetall(C.BEAT_LAST_RUN_KEY)[HOURLY.encode()]) < time.time() - 7000
+    assert float(fake.hgetall(keys.BEAT_LAST_RUN_KEY)[HOURLY.encode()]) < time.time() - 7000
 
 
 def test_close_says_stopping_and_releases_only_its_own_lease(
@@ -188,11 +191,11 @@ def test_close_says_stopping_and_releases_only_its_own_lease(
     assert f"STATUS=standby; leader: {socket.gethostname()} pid {os.getpid()}" in notifier.fields()
 
     standby.close()
-    assert fake.get(C.BEAT_LEASE_KEY) is not None
+    assert fake.get(keys.BEAT_LEASE_KEY) is not None
     leader.close()
     leader.close()  # beat calls it from the signal handler and again on the way out
 
-    assert fake.get(C.BEAT_LEASE_KEY) is None
+    assert fake.get(keys.BEAT_LEASE_KEY) is None
     assert notifier.fields().count("STOPPING=1") == 2
 
 
@@ -229,7 +232,7 @@ def test_no_watchdog_pings_unless_systemd_asks(
 def test_with_redis_down_beat_keeps_ticking_sends_nothing_then_leads_again(
     make_scheduler: Factory, fake: FakeRedis, notifier: RecordingNotifier
 ) -> None:
-    fake.hset(C.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))
+    fake.hset(keys.BEAT_LAST_RUN_KEY, HOURLY, _stamp(7200))
     fake.down = True
     scheduler = make_scheduler()
 

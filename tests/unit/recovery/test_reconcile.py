@@ -18,6 +18,7 @@ from sqlalchemy import update
 
 from appliance.broker.lease import Lease
 from appliance.config.settings import Settings, load_settings
+from appliance.core import keys
 from appliance.records import schema, store
 from appliance.records.db import session_scope
 from appliance.records.models import TaskRecord
@@ -42,7 +43,7 @@ class FakeBroker:
         self.closed = False
 
     def lock(self) -> R.Lock:
-        return Lease(self.redis, R.LOCK_KEY, R.LOCK_TTL_SECONDS)  # type: ignore[arg-type]
+        return Lease(self.redis, keys.RECONCILE_LOCK_KEY, R.LOCK_TTL_SECONDS)  # type: ignore[arg-type]
 
     def message_ids(self, queues: Sequence[str]) -> set[str]:
         self.scans += 1
@@ -268,7 +269,7 @@ def test_a_dry_run_publishes_nothing_and_takes_no_lock(
 ) -> None:
     _pending(settings, "lost")
     broker = FakeBroker()
-    broker.redis.set(R.LOCK_KEY, "someone-else", nx=True, px=60_000)
+    broker.redis.set(keys.RECONCILE_LOCK_KEY, "someone-else", nx=True, px=60_000)
     report = _run(settings, broker, dry_run=True)
     assert report.republished == ["lost"] and report.dry_run and not report.locked_out
     assert broker.published == []
@@ -287,7 +288,7 @@ def test_a_second_reconciler_does_nothing_while_the_first_holds_the_lock(
     assert _run(settings, first).republished == ["lost"]
     assert reports[0].locked_out and reports[0].republished == [] and second.published == []
     assert "another reconciler" in reports[0].summary()
-    assert shared.get(R.LOCK_KEY) is None  # released after the run
+    assert shared.get(keys.RECONCILE_LOCK_KEY) is None  # released after the run
 
 
 def test_a_reconciler_that_lost_its_lock_stops(settings: Settings) -> None:
@@ -297,13 +298,13 @@ def test_a_reconciler_that_lost_its_lock_stops(settings: Settings) -> None:
 
     def stolen() -> None:
         if len(broker.published) == 1:  # the lease ran out and someone else took it
-            broker.redis.strings[R.LOCK_KEY] = (b"another-host", None)
+            broker.redis.strings[keys.RECONCILE_LOCK_KEY] = (b"another-host", None)
 
     broker.before_publish = stolen
     report = _run(settings, broker)
     assert len(report.republished) == 2 and report.locked_out
     assert "lost the lock" in report.summary()
-    assert broker.redis.get(R.LOCK_KEY) == b"another-host"  # not released: not ours
+    assert broker.redis.get(keys.RECONCILE_LOCK_KEY) == b"another-host"  # not released: not ours
 
 
 def test_an_empty_run_touches_no_broker(settings: Settings) -> None:

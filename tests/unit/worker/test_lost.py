@@ -21,7 +21,7 @@ from celery import Celery, signals
 
 from appliance.broker import deadletter
 from appliance.config.settings import get_settings
-from appliance.core import constants as C
+from appliance.core import keys
 from appliance.worker import lost as worker_lost
 
 
@@ -88,7 +88,7 @@ def test_each_loss_is_counted_per_task_id_with_a_ttl() -> None:
     assert worker_lost.count_loss(client, "b") == 1
     assert client.values == {"appliance:lost:a": 3, "appliance:lost:b": 1}
     assert client.ttls["appliance:lost:a"] == worker_lost.LOST_KEY_TTL_SECONDS
-    assert worker_lost.lost_key("a").startswith(C.KEY_PREFIX)
+    assert worker_lost.lost_key("a").startswith(keys.KEY_PREFIX)
 
 
 def test_forgetting_starts_the_count_over() -> None:
@@ -235,7 +235,7 @@ def test_below_the_bound_it_is_requeued_then_dead_lettered_and_acked_at_it(
     finally:
         signals.task_failure.disconnect(on_failure)
     assert calls == [["requeue"], ["requeue"], ["ack"]]
-    letter = deadletter.DeadLetter(**json.loads(client.hashes[C.DEADLETTER_KEY]["id-1"]))
+    letter = deadletter.DeadLetter(**json.loads(client.hashes[keys.DEADLETTER_KEY]["id-1"]))
     assert letter.requeueable and letter.queue == "default" and letter.task_name == "t.poison"
     assert "lost 3 times (last: signal 9 (SIGKILL)); not redelivered" in letter.reason
     assert json.loads(letter.raw)["headers"]["id"] == "id-1"  # the message as it sat in Redis

@@ -1,6 +1,6 @@
 """Benchmark: what replacing pool children costs the worker (run by hand, not a test).
 
-    /work/venv/bin/python bench/recycle.py [-n 2000] [--limits none,1000,100,10]
+    .venv/bin/python bench/recycle.py [-n 2000] [--limits none,1000,100,10]
                                            [--repeat 1] [--stock]
 
 For each max-tasks-per-child limit: N `demo.noop` tasks are enqueued first, then one

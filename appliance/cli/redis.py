@@ -63,7 +63,10 @@ def check(cli: CliContext, as_json: bool) -> None:
 @click.option(
     "--apply", "do_apply", is_flag=True, help="CONFIG SET the values (and CONFIG REWRITE)."
 )
-@click.option("--maxmemory", help="Size like 256mb or 2gb (default: 25 % of this host's RAM, 256 MiB to 8 GiB).")
+@click.option(
+    "--maxmemory",
+    help="Size like 256mb or 2gb (default: 25 % of this host's RAM, 256 MiB to 8 GiB).",
+)
 @click.option(
     "--policy", default="noeviction", show_default=True, help="Only noeviction is accepted."
 )

@@ -29,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis
 from kombu.utils import json as kombu_json
 
+from appliance.broker import scripts
 from appliance.core import constants as C
 from appliance.core import keys
 
@@ -37,15 +38,9 @@ logger = logging.getLogger("appliance.idempotency")
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# Delete the key only while it still holds our claim (never another delivery's).
 # kombu's JSON, as Celery's results use: datetimes, UUIDs and Decimals round-trip.
 dumps = cast(Callable[[Any], str], kombu_json.dumps)
 loads = cast(Callable[[Any], Any], kombu_json.loads)
-
-RELEASE_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 class DuplicateRunningError(RuntimeError):
@@ -104,7 +99,7 @@ def idempotent(
             try:
                 result = func(*args, **kwargs)
             except BaseException:
-                client.eval(RELEASE_SCRIPT, 1, name, claim)
+                client.eval(scripts.source("delete_if_holds"), 1, name, claim)
                 raise
             done = {"state": "done", "task_id": task.request.id, "result": result}
             client.set(name, dumps(done), ex=ttl)

@@ -12,28 +12,7 @@ import secrets
 
 import redis
 
-RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-# KEYS: lease, hash. ARGV: token, field, value.
-HSET_IF_HELD_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
+from appliance.broker import scripts
 
 
 class Lease:
@@ -55,7 +34,7 @@ class Lease:
 
     def renew(self) -> bool:
         """Extend the lease to a full TTL if this token still holds it."""
-        return self._run(RENEW_SCRIPT, [self.key], self.token, self._ttl_ms)
+        return self._run("renew_if_holds", [self.key], self.token, self._ttl_ms)
 
     def hold(self) -> bool:
         """Renew the lease, or take it if it is free; True if this token holds it now."""
@@ -63,7 +42,7 @@ class Lease:
 
     def release(self) -> bool:
         """Delete the lease if this token holds it; never someone else's."""
-        return self._run(RELEASE_SCRIPT, [self.key], self.token)
+        return self._run("delete_if_holds", [self.key], self.token)
 
     def remaining(self) -> float | None:
         """Seconds until the lease expires, whoever holds it; 0 if free, None if it never does."""
@@ -74,7 +53,7 @@ class Lease:
 
     def hset_if_held(self, key: str, field: str, value: str) -> bool:
         """HSET key field value, atomically with checking that this token holds the lease."""
-        return self._run(HSET_IF_HELD_SCRIPT, [self.key, key], self.token, field, value)
+        return self._run("hset_if_holds", [self.key, key], self.token, field, value)
 
     def _run(self, script: str, keys: list[str], *args: str | int) -> bool:
-        return bool(self.client.eval(script, len(keys), *keys, *args))
+        return bool(self.client.eval(scripts.source(script), len(keys), *keys, *args))

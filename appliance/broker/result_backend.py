@@ -24,6 +24,8 @@ from celery.backends import redis as celery_redis
 from celery.exceptions import BackendStoreError
 from celery.states import READY_STATES
 
+from appliance.broker import scripts
+
 _subscribe = ContextVar("appliance_subscribe_on_publish", default=True)
 
 
@@ -41,33 +43,6 @@ class _SubscribeOnWait:
     def on_task_call(self, producer: Any, task_id: str) -> None:
         if _subscribe.get():
             super().on_task_call(producer, task_id)  # type: ignore[misc]
-
-
-# Store a task's state unless it is SUCCESS already, and announce it to waiting clients.
-# Celery's own store takes two round trips per state (GET, then a SET + PUBLISH pipeline);
-# this takes one, with the same guard against a redelivered task overwriting a success.
-# A value that is not JSON (never written by us) is overwritten as Celery would. A Lua
-# function, so that ack-and-fetch's script (broker_transport) stores a result by the
-# same rule. Returns 1 when stored, 0 when a SUCCESS was there.
-STORE_UNLESS_SUCCESS_LUA = """
-local function store_unless_success(key, value, ttl)
-  local current = redis.call('GET', key)
-  if current then
-    local ok, meta = pcall(cjson.decode, current)
-    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
-  end
-  if tonumber(ttl) > 0 then
-    redis.call('SET', key, value, 'EX', ttl)
-  else
-    redis.call('SET', key, value)
-  end
-  redis.call('PUBLISH', key, value)
-  return 1
-end
-"""
-_STORE_UNLESS_SUCCESS = (
-    STORE_UNLESS_SUCCESS_LUA + "return store_unless_success(KEYS[1], ARGV[1], ARGV[2])\n"
-)
 
 
 def databases_on_one_server(broker_url: str, backend_url: str) -> tuple[int, int] | None:
@@ -131,7 +106,9 @@ class _StoreInOneTrip:
     def _store_unless_success(self: Any, key: bytes | str, value: str | bytes) -> None:
         script = self.__dict__.get("_store_script")
         if script is None:
-            script = self._store_script = self.client.register_script(_STORE_UNLESS_SUCCESS)
+            script = self._store_script = self.client.register_script(
+                scripts.source("store_result")
+            )
         script(keys=[key], args=[value, self._ttl()], client=self.client)
 
 

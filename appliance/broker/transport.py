@@ -35,7 +35,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from appliance.broker.result_backend import STORE_UNLESS_SUCCESS_LUA
+from appliance.broker import scripts
 from appliance.core.constants import RECORDS_JOURNAL_CAP
 
 logger = logging.getLogger("appliance.consumer")
@@ -53,57 +53,6 @@ fetch_on_ack = True
 # A consumer process's acks that could not be made (Redis refused or was gone), made
 # before its next one.
 acks_owed: list[str] = []
-
-# KEYS: unacked_index, unacked, then the queue lists in the order BRPOP would take them.
-# ARGV: the delivery tag to ack ('' for none), the time to track the next message at;
-# then, in a consumer process, what its task's ack carries ('' where nothing): the final
-# result, stored as the result backend stores it (never over a SUCCESS, published to
-# waiting clients) on the same server - its key, value, expiry (s, 0 = none), the result
-# database and the broker's (SELECTed back) - and the final record write, pushed onto the
-# unit's journal (appliance/records/journal.py) - its key, the entry, the journal's cap.
-# Returns {-1} and does nothing when the journal is at its cap; else {0, list key, item,
-# delivery tag}, the list key '' when the queues are empty and the tag '' when the item
-# is not a kombu message (left untracked for the caller to dead-letter). The unacked
-# entry is byte for byte what kombu's QoS.append writes: [message, exchange, routing_key].
-ACK_AND_FETCH = (
-    STORE_UNLESS_SUCCESS_LUA
-    + """
-if ARGV[8] and ARGV[8] ~= '' and redis.call('LLEN', ARGV[8]) >= tonumber(ARGV[10]) then
-  return {-1}
-end
-if ARGV[3] and ARGV[3] ~= '' then
-  redis.call('SELECT', ARGV[6])
-  store_unless_success(ARGV[3], ARGV[4], ARGV[5])
-  redis.call('SELECT', ARGV[7])
-end
-if ARGV[8] and ARGV[8] ~= '' then
-  redis.call('RPUSH', ARGV[8], ARGV[9])
-end
-if ARGV[1] ~= '' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
-end
-for i = 3, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
-    local ok, m = pcall(cjson.decode, item)
-    if ok and type(m) == 'table' and type(m['properties']) == 'table'
-        and m['body'] ~= nil and m['headers'] ~= nil then
-      local tag = m['properties']['delivery_tag']
-      local info = m['properties']['delivery_info']
-      if type(tag) == 'string' and tag ~= '' and type(info) == 'table' then
-        redis.call('ZADD', KEYS[1], ARGV[2], tag)
-        redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'])
-          .. ',' .. cjson.encode(info['routing_key']) .. ']')
-        return {0, KEYS[i], item, tag}
-      end
-    end
-    return {0, KEYS[i], item, ''}
-  end
-end
-return {0, '', '', ''}
-"""
-)
 
 
 @dataclass
@@ -364,7 +313,9 @@ class _GarbageTolerant:
         with self.conn_or_acquire() as client:  # the channel's one client, see above
             script = self.__dict__.get("_ack_and_fetch")
             if script is None:
-                script = self._ack_and_fetch = client.register_script(ACK_AND_FETCH)
+                script = self._ack_and_fetch = client.register_script(
+                    scripts.source("ack_and_fetch")
+                )
             fetched = script(keys=keys, args=[delivery_tag, time.time(), *carried.script_args()])
             if int(fetched[0]) < 0:  # the journal is full: the record goes directly
                 carried.write_record_now()

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
+from appliance.broker import scripts
 from appliance.config.settings import Settings
 from appliance.core import keys
 
@@ -62,23 +63,6 @@ WORKER_QUERY_TIMEOUT = 1.0
 MAX_CANDIDATES = 10_000
 # The beat entry `appliance-reconcile` runs it this often (appliance/profile.py).
 SCHEDULE_SECONDS = 60.0
-
-# KEYS[1]: a queue list; ARGV: start, stop. The task id of each item in that range
-# ('' for an item that is not a kombu JSON message), so only ids cross the network.
-IDS_IN_RANGE_SCRIPT = """
-local items = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
-local ids = {}
-for i, raw in ipairs(items) do
-  local id = ''
-  local ok, message = pcall(cjson.decode, raw)
-  if ok and type(message) == 'table' and type(message['headers']) == 'table' then
-    local value = message['headers']['id']
-    if type(value) == 'string' then id = value end
-  end
-  ids[i] = id
-end
-return ids
-"""
 
 
 class Lock(Protocol):
@@ -365,7 +349,7 @@ class RedisBroker:
         """Ids of the messages in the queues' lists (every priority), then in unacked."""
         from appliance.health.checks import queue_keys
 
-        script = self.client.register_script(IDS_IN_RANGE_SCRIPT)
+        script = self.client.register_script(scripts.source("queue_ids_in_range"))
         ids: set[str] = set()
         for queue in queues:
             for key in queue_keys(queue):

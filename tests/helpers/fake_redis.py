@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from appliance.broker import lease as beat_lease
+from appliance.broker import scripts
 
 
 def _b(value: Any) -> bytes:
@@ -82,11 +82,11 @@ class FakeRedis:
         held = self._live(keys[0]) == _b(argv[0])
         if not held:
             return 0
-        if script == beat_lease.RENEW_SCRIPT:
+        if script == scripts.source("renew_if_holds"):
             self.strings[keys[0]] = (_b(argv[0]), time.monotonic() + int(argv[1]) / 1000)
-        elif script == beat_lease.RELEASE_SCRIPT:
+        elif script == scripts.source("delete_if_holds"):
             del self.strings[keys[0]]
-        elif script == beat_lease.HSET_IF_HELD_SCRIPT:
+        elif script == scripts.source("hset_if_holds"):
             self.hset(keys[1], argv[1], argv[2])
         else:
             raise AssertionError(f"script not mirrored: {script!r}")

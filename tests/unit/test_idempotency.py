@@ -14,6 +14,7 @@ import pytest
 from celery._state import _task_stack
 
 from appliance import idempotency
+from appliance.broker import scripts
 from appliance.tasks import demo
 
 
@@ -39,7 +40,7 @@ class KeyStore:
         return value.encode() if value is not None else None
 
     def eval(self, script: str, numkeys: int, name: str, claim: str) -> int:
-        assert script == idempotency.RELEASE_SCRIPT
+        assert script == scripts.source("delete_if_holds")
         if self.values.get(name) == claim:
             del self.values[name]
             return 1

@@ -294,11 +294,11 @@ def _forget_workflow(root_id: str) -> None:
     url = get_settings().records_url
     if url is None:
         return
-    from appliance.records import store
+    from appliance.records import maintenance, store
 
     with contextlib.suppress(Exception):
         for record in store.list_records(url, root_id=root_id, status="PENDING", limit=10_000):
-            store.delete_record(url, record["id"])
+            maintenance.delete_record(url, record["id"])
 
 
 def _publish_fix(reason: str) -> str:
@@ -314,14 +314,15 @@ def _publish_fix(reason: str) -> str:
 
 
 def _forget(task_id: str) -> None:
+    from appliance.records import maintenance
+
     url = get_settings().records_url
     if url is None:
         return
-    from appliance.records import store
 
     # If the database is down too, no record was written either.
     with contextlib.suppress(Exception):
-        store.delete_record(url, task_id)
+        maintenance.delete_record(url, task_id)
 
 
 def get_task(task_id: str) -> dict[str, Any] | None:

@@ -133,9 +133,9 @@ def _never_connected(exc: BaseException) -> bool:
 
 
 def _forget(url: str, task_ids: list[str]) -> None:
-    from appliance.records import store
+    from appliance.records import maintenance
 
     try:
-        store.delete_records(url, task_ids)
+        maintenance.delete_records(url, task_ids)
     except Exception as exc:
         record_signals.note_write_error("submit_many", exc)

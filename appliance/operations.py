@@ -23,7 +23,7 @@ def retry(settings: Settings, task_id: str, *, force: bool = False) -> str:
     discarding a revoked id.
     """
     from appliance import api
-    from appliance.records import store
+    from appliance.records import maintenance, store
 
     url = settings.effective_database_url
     record = store.get_record(url, task_id)
@@ -43,7 +43,7 @@ def retry(settings: Settings, task_id: str, *, force: bool = False) -> str:
     from appliance.celery_app import load_tasks
 
     AsyncResult(task_id, app=load_tasks()).forget()
-    store.reset_for_retry(url, task_id)
+    maintenance.reset_for_retry(url, task_id)
     try:
         return api.submit(record["name"], args=args, kwargs=kwargs, queue=queue, task_id=task_id)
     except ApplianceError:
@@ -114,14 +114,14 @@ def purge_records(
     batch: int = 1000,
 ) -> int:
     """Delete records created before *cutoff* in *statuses*, in batches; return how many."""
-    from appliance.records import store
+    from appliance.records import maintenance
 
     url = settings.effective_database_url
-    total = store.count_records(url, before=cutoff, statuses=statuses)
+    total = maintenance.count_records(url, before=cutoff, statuses=statuses)
     batches: Iterator[int] = iter(range(0, total, batch))
     deleted = 0
     for _ in progress(batches) if progress else batches:
-        gone = store.delete_batch(url, before=cutoff, statuses=statuses, limit=batch)
+        gone = maintenance.delete_batch(url, before=cutoff, statuses=statuses, limit=batch)
         deleted += gone
         if gone == 0:
             break

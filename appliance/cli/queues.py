@@ -96,10 +96,10 @@ def purge(cli: CliContext, name: str, yes: bool) -> None:
 
 
 def _mark_purged(cli: CliContext, ids: list[str]) -> None:
-    from appliance.records import store
+    from appliance.records import maintenance
 
     try:
-        store.revoke_many(cli.records_url, ids, reason="purged by operator")
+        maintenance.revoke_many(cli.records_url, ids, reason="purged by operator")
     except Exception as exc:
         click.echo(f"appliance: warning: task records not updated ({exc})", err=True)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -194,7 +194,7 @@ def purge(cli: CliContext, older_than: str, statuses: tuple[str, ...], yes: bool
     from appliance import operations
     from appliance.core.constants import TERMINAL_STATES
     from appliance.core.timeparse import parse_age
-    from appliance.records import store
+    from appliance.records import maintenance
     from appliance.records.db import translate_errors
 
     try:
@@ -202,10 +202,10 @@ def purge(cli: CliContext, older_than: str, statuses: tuple[str, ...], yes: bool
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     chosen = tuple(s.upper() for s in statuses) or TERMINAL_STATES
-    cutoff = store.now() - age
+    cutoff = datetime.now(UTC) - age
     url = cli.records_url
     with translate_errors(url):
-        count = store.count_records(url, before=cutoff, statuses=chosen)
+        count = maintenance.count_records(url, before=cutoff, statuses=chosen)
         if count == 0:
             click.echo("no task records match")
             return

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.core import constants as C
@@ -109,3 +109,10 @@ def translate_errors(url: str) -> Iterator[None]:
         yield
     except (SQLAlchemyError, OSError) as exc:
         raise unavailable_error(url, exc) from None
+
+
+def transient(exc: Exception) -> bool:
+    """A database error that may go away in a moment: locked, restarting, connection lost."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )

@@ -24,11 +24,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-
 from appliance.core import constants as C
 from appliance.core import keys
 from appliance.core.text import one_line
+from appliance.records.db import transient
 
 logger = logging.getLogger("appliance.records")
 
@@ -57,7 +56,7 @@ def _untag(obj: dict[str, Any]) -> Any:
 
 def encode(writer: str, kwargs: dict[str, Any]) -> str:
     """One journal entry: the store writer's name and its (JSON-able) keyword arguments."""
-    from appliance.records.store import jsonable
+    from appliance.records.statements import jsonable
 
     kwargs = dict(kwargs)
     if "result" in kwargs:
@@ -80,12 +79,6 @@ def decode(entry: bytes | str) -> tuple[str, dict[str, Any]]:
     if writer not in BULK_WRITERS:
         raise ValueError(f"unknown writer {writer!r}")
     return writer, dict(data["kw"])
-
-
-def _transient(exc: Exception) -> bool:
-    return isinstance(exc, OperationalError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
 
 
 class Flusher:
@@ -155,7 +148,7 @@ class Flusher:
         try:
             store.write_many(self.url, writes)
         except Exception as exc:
-            if _transient(exc):
+            if transient(exc):
                 raise
             self._one_by_one(writes)  # one bad entry must not hold back the rest
         self.client.ltrim(self.key, len(entries), -1)
@@ -169,6 +162,6 @@ class Flusher:
             try:
                 getattr(store, writer)(self.url, **kwargs)
             except Exception as exc:
-                if _transient(exc):
+                if transient(exc):
                     raise
                 logger.error("task record %s not written: %s", kwargs.get("task_id"), exc)

@@ -14,10 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import signals
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from appliance.config.settings import get_settings
 from appliance.core.constants import (
@@ -27,6 +27,7 @@ from appliance.core.constants import (
 )
 from appliance.core.text import one_line
 from appliance.records import store
+from appliance.records.db import transient
 
 logger = logging.getLogger("appliance.records")
 
@@ -87,13 +88,6 @@ def _share_error_count(**_: Any) -> None:
     _main_pid = os.getpid()
 
 
-def _transient(exc: Exception) -> bool:
-    """A database error that may go away in a moment: locked, restarting, connection lost."""
-    return isinstance(exc, OperationalError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
-
-
 def _write(url: str, handler: Callable[..., None], retry: bool, args: Any, kwargs: Any) -> None:
     global _database_down
     # Never in a worker's main process: a pause there would stall its event loop; a
@@ -112,12 +106,8 @@ def _write(url: str, handler: Callable[..., None], retry: bool, args: Any, kwarg
         except Exception as exc:
             pause = pauses[attempt] if attempt < len(pauses) else None
             budget_left = FINAL_WRITE_BUDGET_SECONDS - (time.monotonic() - started)
-            if (
-                pause is None
-                or not _transient(exc)
-                or pause + DB_LOCK_TIMEOUT_SECONDS > budget_left
-            ):
-                if pauses and _transient(exc):
+            if pause is None or not transient(exc) or pause + DB_LOCK_TIMEOUT_SECONDS > budget_left:
+                if pauses and transient(exc):
                     _database_down = True
                 note_write_error(handler.__name__, exc)
                 return
@@ -276,7 +266,7 @@ def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **
             "retries": request.retries or 0,
             "parent_id": request.parent_id,
             "root_id": request.root_id,
-            "started_at": store.now(),
+            "started_at": datetime.now(UTC),
         },
     )
 
@@ -289,7 +279,7 @@ def _final_write(url: str, writer: Callable[..., None], retry: bool, **kwargs: A
 
     if broker_transport.records_journal is not None:
         if writer is not store.record_retry:
-            kwargs.setdefault("finished_at", store.now())
+            kwargs.setdefault("finished_at", datetime.now(UTC))
         entry = journal.encode(writer.__name__, kwargs)
         later = functools.partial(_write, url, writer, retry, (), kwargs)
         if broker_transport.stash_record(kwargs["task_id"], entry, later):

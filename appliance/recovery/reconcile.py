@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from appliance.broker import scripts
@@ -184,16 +184,16 @@ def reconcile(
 
     Raises BrokerUnavailableError / DatabaseUnavailableError (one line each).
     """
-    from appliance.records import store
+    from appliance.records import maintenance
     from appliance.records.db import translate_errors
 
     started = time.monotonic()
     url = settings.effective_database_url
     age = float(settings.reconcile_min_age if min_age is None else min_age)
     report = Report(min_age=age, dry_run=dry_run)
-    cutoff = store.now() - timedelta(seconds=age)
+    cutoff = datetime.now(UTC) - timedelta(seconds=age)
     with translate_errors(url):
-        candidates = store.list_pending_before(url, cutoff, limit=limit)
+        candidates = maintenance.list_pending_before(url, cutoff, limit=limit)
     report.pending = len(candidates)
     if not candidates:
         return report
@@ -253,7 +253,7 @@ def _missing(
     confirm_seconds: float,
 ) -> list[dict[str, Any]]:
     """The candidates whose message is nowhere, restorable from their record."""
-    from appliance.records import store
+    from appliance.records import maintenance
     from appliance.records.db import translate_errors
 
     recorded = [r["queue"] for r in candidates if r["queue"]]
@@ -277,7 +277,9 @@ def _missing(
         _settle(url, [r for r in suspects if r["id"] in results], results, report)
     suspects = [r for r in suspects if r["id"] not in results]
     with translate_errors(url):
-        still = {r["id"] for r in store.list_pending_before(url, cutoff, limit=len(candidates))}
+        still = {
+            r["id"] for r in maintenance.list_pending_before(url, cutoff, limit=len(candidates))
+        }
     report.moved_on = sum(1 for r in suspects if r["id"] not in still)
     missing = []
     for record in suspects:

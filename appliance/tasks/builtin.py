@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from appliance.celery_app import app
 from appliance.config.settings import get_settings
 from appliance.core.constants import ENQUEUED_AT_HEADER
-from appliance.records import store
+from appliance.records import maintenance
 
 
 @app.task(name="appliance.cleanup_records", bind=True)
@@ -22,8 +22,8 @@ def cleanup_records(self: Any, retention_days: int | None = None) -> int:
     """
     settings = get_settings()
     days = retention_days if retention_days is not None else settings.record_retention_days
-    cutoff = store.now() - timedelta(days=days)
-    return store.delete_finished_before(settings.effective_database_url, cutoff)
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    return maintenance.delete_finished_before(settings.effective_database_url, cutoff)
 
 
 @app.task(name="appliance.canary", bind=True)

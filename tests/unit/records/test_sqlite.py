@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from appliance.errors import ConfigError, DatabaseUnavailableError
-from appliance.records import schema, store
+from appliance.records import maintenance, schema, store
 from appliance.records.db import get_engine, session_scope, translate_errors
 from appliance.records.models import TaskRecord
 
@@ -139,7 +139,7 @@ def test_list_filters_and_cleanup_of_old_finished_records(db_url: str) -> None:
     assert {r["id"] for r in store.list_records(db_url, since=store.now() - timedelta(days=1))} == {
         "c3"
     }
-    deleted = store.delete_finished_before(db_url, store.now() - timedelta(days=30))
+    deleted = maintenance.delete_finished_before(db_url, store.now() - timedelta(days=30))
     assert deleted == 2
     assert {r["id"] for r in store.list_records(db_url)} == {"c2", "c3"}  # old PENDING is kept
 

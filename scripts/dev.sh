@@ -7,6 +7,10 @@
 #
 # Uses the distribution's python3 (Debian 12: 3.11.2), as the appliance does in production.
 # Needs root or sudo only when an apt package is missing.
+# The dependencies are exactly the locked ones, each file checked against its sha256:
+# requirements/runtime.txt (up, setup) or requirements/dev.txt (test: the runtime's versions
+# plus the test, bench, flower and examples extras); then this package, editable, --no-deps.
+# `make lock` regenerates both locks from pyproject.toml.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -48,9 +52,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 command -v redis-server >/dev/null || apt_install redis-server
 
-EXTRAS=""
+LOCK=requirements/runtime.txt
 if [ "$MODE" = "test" ]; then
-    EXTRAS="[test]"
+    LOCK=requirements/dev.txt
     # The deploy tests: systemd-analyze (unit checks), shellcheck (scripts), and as root
     # debootstrap + systemd-nspawn to boot a real systemd (tests/system).
     command -v systemd-analyze >/dev/null || apt_install systemd
@@ -80,7 +84,12 @@ if [ "$MODE" = "test" ]; then
     fi
 fi
 
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".$EXTRAS"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --require-hashes -r "$LOCK"
+"${PIP[@]}" install -q --no-deps -e .
+if ! out=$("${PIP[@]}" check 2>&1); then
+    die "pip check: $out; fix: make lock if pyproject.toml changed, else remove what was installed by hand"
+fi
 
 case "$MODE" in
     setup) say "ready: $VENV/bin/appliance --help" ;;

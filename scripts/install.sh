@@ -6,7 +6,9 @@
 # What it does, each step only when needed (a re-run is an upgrade and changes nothing else):
 #   apt packages that are missing (python3-venv; redis-server unless --redis-url;
 #   supervisor with --supervisor); the `appliance` system user; the venv /opt/appliance with
-#   this package (from this checkout, or offline from --wheelhouse); /etc/appliance/appliance.env
+#   exactly the locked dependencies (requirements/runtime.txt, each file checked against its
+#   sha256), then this package (from this checkout, or offline from --wheelhouse) without
+#   dependencies of its own; /etc/appliance/appliance.env
 #   (created once: generated Redis password, 0640 root:appliance); /var/lib/appliance; a local
 #   Redis tuned for a broker (/etc/redis/appliance.conf, included from redis.conf);
 #   `appliance db upgrade`; the systemd units (or with --supervisor the supervisord programs
@@ -16,7 +18,9 @@
 #   --redis-url URL   use this Redis (redis://, rediss:// or sentinel://) instead of a local one
 #   --supervisor      run under supervisord (conf.d + cron) instead of systemd
 #   --wheelhouse DIR  install offline: pip --no-index --find-links DIR (wheels of this package
-#                     and all its dependencies for the host's python3)
+#                     and all its locked dependencies for the host's python3: `make wheelhouse`,
+#                     which also copies the lock it was built from into DIR as requirements.txt;
+#                     without it the checkout's requirements/runtime.txt is used)
 #   --dry-run         print every step, change nothing
 #   --root DIR        install into the directory tree DIR (image builds, tests): paths are
 #                     prefixed, and systemctl, apt-get, useradd, chown and the appliance's own
@@ -24,9 +28,9 @@
 #   --no-start        install and enable, but start nothing (and skip the health check)
 #
 # Exit codes: 0 installed (health OK or WARNING); 1 a step failed; 64 bad usage;
-# 65 bad --redis-url; 66 --wheelhouse has no wheel of this package; 69 unsupported OS or
-# no systemd (use --supervisor); 72 no python3 >= 3.11; 75 installed, but the health check
-# is CRITICAL/UNKNOWN; 77 not root.
+# 65 bad --redis-url; 66 --wheelhouse has no wheel of this package, or no lock file;
+# 69 unsupported OS or no systemd (use --supervisor); 72 no python3 >= 3.11; 75 installed,
+# but the health check is CRITICAL/UNKNOWN; 77 not root.
 set -euo pipefail
 
 EX_FAILED=1 EX_USAGE=64 EX_BAD_URL=65 EX_NO_WHEEL=66 EX_UNSUPPORTED=69 EX_PYTHON=72
@@ -50,8 +54,11 @@ USER_NAME=appliance
 DEFAULT_TIME_LIMIT=360
 STOP_MARGIN=30
 DEFAULT_GROUPS="default=default,high,low"
+# The lock of the runtime dependencies, with hashes (`make lock`); a wheelhouse carries its own.
+CHECKOUT_LOCK=$CHECKOUT/requirements/runtime.txt
+WHEELHOUSE_LOCK=requirements.txt
 
-REDIS_URL="" SUPERVISOR=0 WHEELHOUSE="" DRY_RUN=0 ROOT="" START=1
+REDIS_URL="" SUPERVISOR=0 WHEELHOUSE="" DRY_RUN=0 ROOT="" START=1 LOCK=""
 CHANGED=() PRINTED=()
 
 say() { printf 'install.sh: %s\n' "$*"; }
@@ -187,6 +194,19 @@ check_host() {
     elif [ ! -f "$CHECKOUT/pyproject.toml" ]; then
         die $EX_NO_WHEEL "no checkout at $CHECKOUT and no --wheelhouse; fix: run install.sh from a checkout"
     fi
+    find_lock
+}
+
+find_lock() {
+    # A wheelhouse built from a lock (`make wheelhouse`) carries that lock, which matches its
+    # wheels; else the checkout's. Without one there is no install: unpinned is not offered.
+    if [ -n "$WHEELHOUSE" ] && [ -f "$WHEELHOUSE/$WHEELHOUSE_LOCK" ]; then
+        LOCK=$WHEELHOUSE/$WHEELHOUSE_LOCK
+    elif [ -f "$CHECKOUT_LOCK" ]; then
+        LOCK=$CHECKOUT_LOCK
+    else
+        die $EX_NO_WHEEL "no lock file: neither ${WHEELHOUSE:+$WHEELHOUSE/$WHEELHOUSE_LOCK nor }$CHECKOUT_LOCK; fix: build the wheelhouse with make wheelhouse (or run install.sh from a checkout)"
+    fi
 }
 
 check_python() {
@@ -321,17 +341,22 @@ install_venv() {
     if [ -n "$WHEELHOUSE" ]; then
         pip_args+=(--no-index --find-links "$WHEELHOUSE")
     elif [ "$DRY_RUN" -eq 1 ]; then
-        say "would build the wheel of $CHECKOUT and install it into $venv"
+        say "would install the locked dependencies into $venv: pip install --require-hashes -r $LOCK"
+        say "would build the wheel of $CHECKOUT and install it into $venv (--no-deps)"
         return 0
     else
         WHEEL=$(build_wheel)
     fi
+    # Up to date when neither the wheel nor the lock changed.
     stamp=$venv/.installed-wheel.sha256
-    hash=$(sha256sum "$WHEEL" | cut -d' ' -f1)
+    hash="$(sha256sum "$WHEEL" | cut -d' ' -f1) $(sha256sum "$LOCK" | cut -d' ' -f1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then return 0; fi
-    # Dependencies first, then this package itself even at an unchanged version number.
-    run "$venv/bin/python" -m pip install "${pip_args[@]}" "$WHEEL"
+    # Exactly the locked dependencies, each file checked against the lock's sha256 (pip
+    # refuses a file whose hash differs, or a dependency the lock misses); then this package
+    # itself, with no dependencies of its own, even at an unchanged version number.
+    run "$venv/bin/python" -m pip install "${pip_args[@]}" --require-hashes -r "$LOCK"
     run "$venv/bin/python" -m pip install "${pip_args[@]}" --no-deps --force-reinstall "$WHEEL"
+    check_requirements "$venv"
     if [ -n "$ROOT" ] && [ "$DRY_RUN" -eq 0 ]; then
         # The venv will run as /opt/appliance: fix the scripts' interpreter lines.
         grep -rlI "^#!$venv/bin/python" "$venv/bin" | xargs -r sed -i "1s|^#!$venv/|#!$VENV/|"
@@ -339,6 +364,13 @@ install_venv() {
     [ "$DRY_RUN" -eq 1 ] || echo "$hash" >"$stamp"
     changed "installed $(basename "$WHEEL") into $VENV"
     PACKAGE_CHANGED=1
+}
+
+check_requirements() {  # check_requirements VENV: the lock satisfies what this package requires
+    local out
+    if [ "$DRY_RUN" -eq 1 ]; then say "would run: $(quoted "$1/bin/python" -m pip check)"; return 0; fi
+    out=$("$1/bin/python" -m pip check --disable-pip-version-check 2>&1) \
+        || die $EX_FAILED "the locked dependencies do not satisfy this package: $out; fix: regenerate $LOCK with make lock"
 }
 
 install_helpers() {

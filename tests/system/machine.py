@@ -92,18 +92,18 @@ def copy_checkout(dest: Path) -> None:
 
 
 def build_wheelhouse(dest: Path) -> Path:
-    """Wheels of this package and all its dependencies for the rootfs's Python (3.11)."""
+    """`make wheelhouse`: this package's wheel, the runtime lock's wheels and the lock (3.11)."""
     assert sys.version_info[:2] == (3, 11), "the wheelhouse must match bookworm's Python 3.11"
     dest.mkdir(parents=True, exist_ok=True)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-         "--wheel-dir", str(dest), str(REPO)],
+        ["make", "-C", str(REPO), "wheelhouse", f"WHEELHOUSE={dest}",
+         f"TARGET_PYTHON={sys.executable}"],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )  # fmt: skip
-    assert built.returncode == 0, f"pip wheel failed:\n{built.stdout}\n{built.stderr}"
+    assert built.returncode == 0, f"make wheelhouse failed:\n{built.stdout}\n{built.stderr}"
     return dest
 
 

@@ -7,10 +7,17 @@ printed), so this runs as any user in a few seconds once the wheelhouse is built
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
 
 from appliance.host.supervisor_conf import deploy_dir
 
@@ -111,3 +118,104 @@ def test_external_redis_and_supervisor(tmp_path: Path, wheelhouse: Path) -> None
     cron = (root / "etc/cron.d/appliance-healthcheck").read_text()
     assert "appliance /opt/appliance/bin/appliance-healthcheck" in cron
     assert "supervisorctl update appliance" in out
+
+
+# The venv holds exactly requirements/runtime.txt ---------------------------------------------
+
+REPO = INSTALL.parents[1]
+RUNTIME_LOCK = REPO / "requirements" / "runtime.txt"
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def target_environment(python: Path) -> dict[str, str]:
+    """The marker environment of the installed venv's interpreter (its pip's packaging)."""
+    code = "import json; from pip._vendor.packaging import markers; "
+    code += "print(json.dumps(markers.default_environment()))"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
+    env: dict[str, str] = json.loads(out.stdout)
+    return env
+
+
+def locked_for(python: Path) -> dict[str, str]:
+    """name -> version of the runtime lock's entries that apply to *python*."""
+    env = target_environment(python)
+    pins = {}
+    for line in RUNTIME_LOCK.read_text().replace("\\\n", " ").splitlines():
+        if not line.strip() or line.startswith(("#", " ")):
+            continue
+        req = Requirement(line.split(" --hash=")[0].strip())
+        if req.marker is None or req.marker.evaluate(env):
+            (pin,) = req.specifier
+            pins[norm(req.name)] = pin.version
+    return pins
+
+
+def frozen(python: Path) -> dict[str, str]:
+    out = subprocess.run(
+        [str(python), "-m", "pip", "freeze", "--all", "--disable-pip-version-check"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    versions = {}
+    for line in out.splitlines():
+        name, _, version = line.partition("==")
+        if not version:  # celery-appliance @ file:///...whl
+            name, version = line.split(" @ ")[0], "(wheel)"
+        versions[norm(name)] = version
+    return versions
+
+
+def assert_exactly_locked(root: Path) -> None:
+    python = root / "opt/appliance/bin/python"
+    installed = frozen(python)
+    # Beside the lock: this package and what `python3 -m venv` put there (pip, setuptools).
+    assert installed.pop("celery-appliance") == "(wheel)"
+    for seeded in ("pip", "setuptools"):
+        installed.pop(seeded, None)
+    assert installed == locked_for(python)
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make wheelhouse`: this package's wheel, the runtime lock's wheels and the lock itself.
+
+    (Overrides conftest's `pip wheel` wheelhouse, which holds neither the lock nor the
+    postgres extra that the lock installs.)
+    """
+    if not shutil.which("make"):
+        pytest.skip("make is missing; fix: apt-get install make")
+    dest = tmp_path_factory.mktemp("wheelhouse")
+    built = subprocess.run(
+        ["make", "-C", str(REPO), "wheelhouse", f"WHEELHOUSE={dest}",
+         f"TARGET_PYTHON={sys.executable}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert (dest / "requirements.txt").read_bytes() == RUNTIME_LOCK.read_bytes()
+    return dest
+
+
+def test_the_venv_holds_exactly_the_locked_versions(tmp_path: Path, wheelhouse: Path) -> None:
+    root = tmp_path / "root"
+    install(root, wheelhouse)
+    assert_exactly_locked(root)
+
+
+def test_an_offline_wheel_that_differs_from_the_lock_is_refused(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    wheels = tmp_path / "wheels"
+    shutil.copytree(wheelhouse, wheels)
+    (vine,) = wheels.glob("vine-*.whl")
+    with vine.open("ab") as tampered:  # still a readable zip, but not the locked file
+        tampered.write(b"\0")
+    root = tmp_path / "root"
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), "--wheelhouse", str(wheels)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "DO NOT MATCH THE HASHES" in result.stderr and "vine" in result.stderr
+    assert not list((root / "opt/appliance").glob("lib/python3*/site-packages/appliance"))

@@ -11,7 +11,7 @@ from appliance.cli.context import CliContext, echo_json, pass_cli
 
 
 def _snapshot(cli: CliContext) -> dict[str, Any]:
-    from appliance.health.checks import queue_stats, unacked_stats
+    from appliance.health.queues import queue_stats, unacked_stats
     from appliance.health.resp import Resp, RespConnectionError, RespError
 
     settings = cli.settings
@@ -72,7 +72,7 @@ def purge(cli: CliContext, name: str, yes: bool) -> None:
     import redis
 
     from appliance.broker.admin import client, message_task_id, unavailable
-    from appliance.health.checks import queue_keys
+    from appliance.core.keys import queue_keys
 
     settings = cli.settings
     if name not in settings.queues:

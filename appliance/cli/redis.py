@@ -24,9 +24,10 @@ def check(cli: CliContext, as_json: bool) -> None:
 
     from appliance.broker.tuning import host_advice
     from appliance.health import output
-    from appliance.health.checks import Check, check_redis
+    from appliance.health.checks import check_redis
     from appliance.health.config import load_health_config
     from appliance.health.resp import Resp, RespConnectionError, RespError
+    from appliance.health.verdict import Check
 
     cfg = load_health_config()
     try:

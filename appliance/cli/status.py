@@ -16,7 +16,8 @@ from appliance.core.text import first_line
 def collect_status(cli: CliContext) -> dict[str, Any]:
     """Everything `status` shows, as data (secrets never included)."""
     from appliance.core.text import mask_url
-    from appliance.health.checks import queue_stats, read_heartbeats, unacked_stats
+    from appliance.health.checks import read_heartbeats
+    from appliance.health.queues import queue_stats, unacked_stats
     from appliance.health.resp import Resp, RespConnectionError, RespError
 
     settings = cli.settings

@@ -52,8 +52,17 @@ RECORDS_JOURNAL_WAITING_KEY = KEY_PREFIX + "records:journal-waiting:{node}"
 # and when each was delivered (zset tag -> time); its restore sweep requeues those older
 # than the visibility timeout.
 UNACKED_KEY = "unacked"
+# A queue's lists: priority sub-queues are "<queue>\x06\x16<step>" for kombu's default
+# steps 3, 6, 9; step 0 is the queue's own list.
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_INDEX_KEY = "unacked_index"
 
 # Replies to `celery inspect`/`control` broadcasts: kombu's reply lists, one per caller;
 # left behind when a caller dies before it reads them.
 PIDBOX_REPLY_PATTERN = "*.reply.celery.pidbox"
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of *queue*, highest priority first (as kombu's BRPOP reads them)."""
+    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]

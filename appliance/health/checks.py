@@ -4,76 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from appliance.broker.acl import acl_user, grant, is_noperm
-from appliance.core import constants as C
 from appliance.core import keys
 from appliance.core.text import mask_url
 from appliance.health.config import HealthConfig
+from appliance.health.queues import check_queues, check_unacked
 from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
-
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
-
-# kombu's Redis transport: priority sub-queues are "<queue>\x06\x16<step>" for the
-# default steps 3, 6, 9 (step 0 is the queue itself), unacked messages live in a hash
-# and their delivery times in a sorted set.
-PRIORITY_SEP = "\x06\x16"
-PRIORITY_STEPS = (0, 3, 6, 9)
-
-
-@dataclass
-class Check:
-    """One check's verdict, with its measured value and thresholds for perfdata."""
-
-    name: str
-    status: int
-    message: str
-    value: float | None = None
-    uom: str = ""
-    warn: float | None = None
-    crit: float | None = None
-    minimum: float | None = 0
-    maximum: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = STATUS_NAMES[self.status]
-        return data
-
-
-def rate(value: float, thresholds: tuple[float, float]) -> int:
-    """OK / WARNING / CRITICAL for a value where higher is worse (a 0 threshold is off)."""
-    warn, crit = thresholds
-    if crit and value >= crit:
-        return CRITICAL
-    if warn and value >= warn:
-        return WARNING
-    return OK
-
-
-def _measured(
-    name: str, value: float, uom: str, thresholds: tuple[float, float], what: str
-) -> Check:
-    status = rate(value, thresholds)
-    shown = f"{value:.0f}{uom}" if uom != "ms" else f"{value:.1f}ms"
-    return Check(name, status, f"{what} {shown}", value, uom, thresholds[0], thresholds[1])
-
-
-def queue_keys(queue: str) -> list[str]:
-    return [queue if step == 0 else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS]
-
-
-def _enqueued_at(raw: bytes | None) -> float | None:
-    if not raw:
-        return None
-    try:
-        message = json.loads(raw)
-        return float(message["headers"][C.ENQUEUED_AT_HEADER])
-    except (ValueError, KeyError, TypeError):
-        return None
+from appliance.health.verdict import CRITICAL, OK, WARNING, Check, measured
 
 
 def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
@@ -83,7 +22,7 @@ def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     latency = (time.perf_counter() - start) * 1000
     if pong != "PONG":  # something else listens there and happens to speak RESP
         raise RespConnectionError(f"not a Redis reply to PING: {str(pong)[:40]!r}")
-    checks = [_measured("redis_latency", latency, "ms", cfg.threshold("latency_ms"), "Redis PING")]
+    checks = [measured("redis_latency", latency, "ms", cfg.threshold("latency_ms"), "Redis PING")]
     try:
         info = parse_info(conn.call("INFO", "everything"))
     except RespError as exc:
@@ -128,7 +67,7 @@ def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
         )
     else:
         pct = used * 100 / limit
-        check = _measured("memory", pct, "%", cfg.threshold("memory_pct"), "Redis memory used")
+        check = measured("memory", pct, "%", cfg.threshold("memory_pct"), "Redis memory used")
         check.maximum = 100
         check.message += f" of {limit // 1048576} MiB"
         checks.append(check)
@@ -163,76 +102,6 @@ def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     else:
         checks.append(Check("persistence", OK, "AOF on, last write ok"))
     return checks
-
-
-def queue_stats(conn: Resp, queues: list[str], now: float) -> list[dict[str, Any]]:
-    """Per queue: depth over all priority sub-queues, depth per priority, oldest age (s)."""
-    commands: list[list[Any]] = []
-    for queue in queues:
-        for key in queue_keys(queue):
-            commands += [["LLEN", key], ["LINDEX", key, -1]]
-    replies = conn.pipeline(commands)
-    stats = []
-    per_queue = 2 * len(PRIORITY_STEPS)
-    for i, queue in enumerate(queues):
-        chunk = replies[i * per_queue : (i + 1) * per_queue]
-        stamps = [t for t in (_enqueued_at(raw) for raw in chunk[1::2]) if t is not None]
-        stats.append(
-            {
-                "queue": queue,
-                "depth": sum(chunk[0::2]),
-                "by_priority": dict(zip(PRIORITY_STEPS, chunk[0::2], strict=True)),
-                "oldest_age": max(0.0, now - min(stamps)) if stamps else 0.0,
-            }
-        )
-    return stats
-
-
-def unacked_stats(conn: Resp, now: float) -> dict[str, Any]:
-    """Messages taken by workers but not acknowledged, and how long the oldest has been out."""
-    commands: list[list[Any]] = [
-        ["HLEN", keys.UNACKED_KEY],
-        ["ZRANGE", keys.UNACKED_INDEX_KEY, 0, 0, "WITHSCORES"],
-    ]
-    count, oldest = conn.pipeline(commands)
-    return {"count": count, "oldest_age": max(0.0, now - float(oldest[1])) if oldest else 0.0}
-
-
-def check_queues(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
-    """Depth (all priority sub-queues) and the oldest waiting message's age, per queue."""
-    checks = []
-    for stat in queue_stats(conn, cfg.queues, now):
-        queue = stat["queue"]
-        checks.append(
-            _measured(
-                f"queue_{queue}_depth",
-                stat["depth"],
-                "",
-                cfg.threshold("queue_depth"),
-                f"queue {queue}: depth",
-            )
-        )
-        checks.append(
-            _measured(
-                f"queue_{queue}_age",
-                stat["oldest_age"],
-                "s",
-                cfg.threshold("queue_age"),
-                f"queue {queue}: oldest waiting",
-            )
-        )
-    return checks
-
-
-def check_unacked(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
-    """Unacked count, and the oldest unacked age against the visibility timeout."""
-    stats = unacked_stats(conn, now)
-    aged = _measured(
-        "unacked_age", stats["oldest_age"], "s", cfg.threshold("unacked_age"), "oldest unacked"
-    )
-    aged.message += f" (visibility timeout {cfg.visibility_timeout}s)"
-    aged.maximum = cfg.visibility_timeout
-    return [Check("unacked", OK, f"{stats['count']} unacked", stats["count"]), aged]
 
 
 def _scan(conn: Resp, pattern: str, count: int = 500) -> list[bytes]:
@@ -299,7 +168,7 @@ def check_workers(cfg: HealthConfig, beats: list[dict[str, Any]], now: float) ->
     finished = sum(int(b.get("window_done", 0)) for b in beats)
     failed = sum(int(b.get("window_failed", 0)) for b in beats)
     if finished:
-        check = _measured(
+        check = measured(
             "failure_ratio",
             failed * 100 / finished,
             "%",
@@ -354,7 +223,7 @@ def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
             else "beat not expected here"
         )
         return [Check("beat", status, message)]
-    check = _measured(
+    check = measured(
         "beat_age", max(0.0, now - last), "s", cfg.threshold("beat_age"), "beat last tick"
     )
     check.message += f" (leader {tick.get('leader', '?')})"
@@ -364,7 +233,7 @@ def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
 def check_pidbox(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     """Reply keys of remote-control calls: they never expire (celery #6089) and pile up."""
     count = len(_scan(conn, keys.PIDBOX_REPLY_PATTERN, count=1000))
-    check = _measured(
+    check = measured(
         "pidbox_orphans", count, "", cfg.threshold("pidbox_orphans"), "pidbox reply keys"
     )
     if check.status:

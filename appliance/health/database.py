@@ -7,8 +7,8 @@ from typing import Any
 
 from appliance.core import constants as C
 from appliance.core.text import mask_url
-from appliance.health.checks import CRITICAL, OK, WARNING, Check
 from appliance.health.config import HealthConfig
+from appliance.health.verdict import CRITICAL, OK, WARNING, Check
 
 
 def run_database_checks(cfg: HealthConfig, live_workers: set[str]) -> list[Check]:

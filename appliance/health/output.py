@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from appliance.health.checks import OK, STATUS_NAMES, Check
+from appliance.health.verdict import OK, STATUS_NAMES, Check
 
 
 def overall(checks: list[Check]) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from appliance.core.text import mask_url
-from appliance.health.checks import CRITICAL, OK, Check, read_heartbeats, run_redis_checks
+from appliance.health.checks import read_heartbeats, run_redis_checks
 from appliance.health.config import HealthConfig
 from appliance.health.resp import Resp, RespConnectionError, RespError, master_url
+from appliance.health.verdict import CRITICAL, OK, Check
 
 
 def live_worker_names(cfg: HealthConfig) -> set[str]:

@@ -349,7 +349,7 @@ class RedisBroker:
 
     def message_ids(self, queues: Sequence[str]) -> set[str]:
         """Ids of the messages in the queues' lists (every priority), then in unacked."""
-        from appliance.health.checks import queue_keys
+        from appliance.core.keys import queue_keys
 
         script = self.client.register_script(scripts.source("queue_ids_in_range"))
         ids: set[str] = set()

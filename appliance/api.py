@@ -76,8 +76,8 @@ def submit(
 ) -> str:
     """Publish task *name* and return its id.
 
-    *priority* 0-9 is Redis's: 0 first (see README). *soft_time_limit* / *time_limit*
-    (seconds) override the task's limits for this call.
+    *priority* 0-9 is Redis's: 0 first (see docs/tasks.md, Priorities on Redis).
+    *soft_time_limit* / *time_limit* (seconds) override the task's limits for this call.
 
     Raises UnknownTaskError, UnknownQueueError, SubmitOptionError (an ETA or time limit
     beyond the visibility timeout, a soft limit above the hard one, arguments that are not

@@ -1,4 +1,4 @@
-"""The performance harness: every row of the performance issue from one command.
+"""The performance harness: every row of docs/performance.md from one command.
 
     make bench                      (= .venv/bin/python bench/run.py)
     .venv/bin/python bench/run.py [-n 10000] [--repeat 3] [--rows 1,2,3,4,5,6,7]

@@ -1,4 +1,4 @@
-"""A FastAPI front end to the appliance: the seed guides' three endpoints.
+"""A FastAPI front end to the appliance: submit, status and revoke over HTTP.
 
     pip install 'celery-appliance[examples]' uvicorn
     uvicorn examples.fastapi_app:app        # with the workers' APPLIANCE_* settings

@@ -176,7 +176,7 @@ check_host() {
     fi
     case " $id $like " in
         *" debian "*|*" ubuntu "*) ;;
-        *) die $EX_UNSUPPORTED "unsupported OS '${id:-unknown}'; fix: use Debian 12+ or Ubuntu 22.04+, or install by hand (README: Deployment)" ;;
+        *) die $EX_UNSUPPORTED "unsupported OS '${id:-unknown}'; fix: use Debian 12+ or Ubuntu 22.04+, or install by hand (docs/install.md)" ;;
     esac
     if [ "$SUPERVISOR" -eq 0 ] && [ -z "$ROOT" ] && [ ! -d /run/systemd/system ]; then
         [ "$DRY_RUN" -eq 1 ] || die $EX_UNSUPPORTED "systemd is not running on this host; fix: re-run with --supervisor"
@@ -256,7 +256,7 @@ write_env_file() {
         backend="APPLIANCE_RESULT_BACKEND=redis://:$password@127.0.0.1:6379/1"
     fi
     put_file "$ENV_FILE" 0640 "root:$USER_NAME" <<EOF || true
-# Celery Appliance settings (README: Configuration). Created by install.sh on $(date -u +%F);
+# Celery Appliance settings (docs/configuration.md). Created by install.sh on $(date -u +%F);
 # re-runs keep this file. Read by the units (EnvironmentFile=) and by every \`appliance\` command.
 APPLIANCE_BROKER_URL=$broker
 $backend

@@ -4,7 +4,7 @@ Every tick first holds (renews or takes) the Redis lease; only the holder sends
 anything. The holder records an entry's run in Redis, fenced by its lease, before it
 sends the task, so the next holder starts from the same schedule state: a slot is
 never sent twice, and a crash between record and send loses that one slot
-(at-most-once; see README: One active beat).
+(at-most-once; see docs/architecture.md, One active beat).
 """
 
 from __future__ import annotations

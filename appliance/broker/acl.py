@@ -1,7 +1,7 @@
 """Redis ACL users: recognise a refused permission and name the rule that grants it.
 
-The appliance runs as a Redis ACL user with ``~* &* +@all -@dangerous`` (README:
-Redis ACL user). Commands in @dangerous that it uses (INFO for the health check and the
+The appliance runs as a Redis ACL user with ``~* &* +@all -@dangerous`` (see
+docs/redis.md, ACL user). Commands in @dangerous that it uses (INFO for the health check and the
 worker's eviction check, CONFIG for `redis tune`) then fail with NOPERM; callers turn
 that into one line naming the rule to add. Stdlib only: the health path imports it.
 """

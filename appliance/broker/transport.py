@@ -6,7 +6,7 @@ error". These subclasses move such an item to the dead-letter store and carry on
 They also keep one Redis client object per channel for the synchronous commands (kombu
 builds a new one for every delivered message and every ack).
 
-Ack-and-fetch (issue 7): with acks late, stock kombu spends three Redis round trips per
+Ack-and-fetch: with acks late, stock kombu spends three Redis round trips per
 message in the worker's main process - BRPOP, a MULTI/ZADD/HSET/EXEC to track the message
 as unacked, and a MULTI/ZREM/HDEL/EXEC to ack it - and the worker's main process is the
 bottleneck of a drain. Here an ack that frees a prefetch slot runs one Lua script that
@@ -43,7 +43,7 @@ logger = logging.getLogger("appliance.consumer")
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
 # Set in a consumer process (tasks run inline, where they are fetched: the consumers
-# topology, appliance/consumer_pool.py): a task's ack happens inside its own delivery,
+# topology, appliance/worker/consumers/pool.py): a task's ack happens inside its own delivery,
 # so the message ack-and-fetch takes is delivered from the event loop's next turn
 # instead of inside the ack; its tag is kept for the consumer's report to its parent.
 deliver_from_loop = False

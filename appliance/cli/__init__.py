@@ -32,7 +32,7 @@ class _Group(click.Group):
             reason = first_line(exc)
             click.echo(
                 f"appliance: error: Redis refused this to the ACL user ({reason}); fix: grant "
-                "the user `~* &* +@all -@dangerous` (README: Redis ACL user)",
+                "the user `~* &* +@all -@dangerous` (docs/redis.md, ACL user)",
                 err=True,
             )
             ctx.exit(exitcodes.BROKER_UNAVAILABLE)

@@ -240,8 +240,8 @@ def reconcile(cli: CliContext, dry_run: bool, min_age: float | None, as_json: bo
     """Re-publish tasks whose record is PENDING but whose message Redis lost.
 
     Same id, name, args, kwargs and queue; not an ETA, priority or workflow links (see
-    README). One log line per re-published id on stderr. Exit codes: 69 Redis
-    unavailable, 74 task-record database unavailable.
+    docs/operations.md, Lost messages). One log line per re-published id on stderr. Exit
+    codes: 69 Redis unavailable, 74 task-record database unavailable.
     """
     from appliance.recovery import reconcile as reconciler
 

@@ -63,7 +63,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A child killed mid-task (OOM killer, SIGKILL) requeues its task instead of failing it.
         "task_reject_on_worker_lost": True,
         # Reserve one message per process by default: prefetched messages wait behind long
-        # tasks. Short-task fleets raise it (APPLIANCE_PREFETCH_MULTIPLIER; see README).
+        # tasks. Short-task fleets raise it (APPLIANCE_PREFETCH_MULTIPLIER; see
+        # docs/configuration.md, Settings).
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         # The records show STARTED (with worker and time); storing it in the result backend
         # too would cost two Redis round trips per task. Without records, the backend has it.
@@ -128,8 +129,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": crontab(hour=C.CLEANUP_HOUR_UTC, minute=0),
             },
             # Re-publish tasks whose record is PENDING but whose message Redis lost
-            # (appliance/reconcile.py: SCHEDULE_SECONDS); a run not started within its
-            # interval expires, so a backlog does not pile up reconciler runs.
+            # (appliance/recovery/reconcile.py: SCHEDULE_SECONDS); a run not started
+            # within its interval expires, so a backlog does not pile up reconciler runs.
             "appliance-reconcile": {
                 "task": "appliance.reconcile",
                 "schedule": 60.0,

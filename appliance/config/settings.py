@@ -80,15 +80,15 @@ class Settings(BaseSettings):
     max_tasks_per_child: int = Field(C.DEFAULT_MAX_TASKS_PER_CHILD, ge=0)
     max_memory_per_child: int = Field(C.DEFAULT_MAX_MEMORY_PER_CHILD_KIB, ge=0)
     # Times a task may lose its pool child (SIGKILL, sys.exit...) and be requeued before
-    # it is dead-lettered instead (appliance/worker_lost.py); 0 = requeue forever.
+    # it is dead-lettered instead (appliance/worker/lost.py); 0 = requeue forever.
     max_worker_lost: int = Field(3, ge=0)
     record_retention_days: int = Field(C.DEFAULT_RECORD_RETENTION_DAYS, gt=0)
     timezone: str = "UTC"
     concurrency: int | None = Field(None, gt=0)
     # consumers (the default): every process consumes and runs its tasks itself under a
-    # supervising parent (appliance/consumers.py), about twice prefork's drain rate of
-    # short tasks; prefork: Celery's main process hands each task to a pool child
-    # (appliance/pool.py).
+    # supervising parent (appliance/worker/consumers/supervisor.py), about twice
+    # prefork's drain rate of short tasks; prefork: Celery's main process hands each task
+    # to a pool child (appliance/worker/prefork/pool.py).
     worker_topology: Literal["prefork", "consumers"] = "consumers"
     # Messages each pool process reserves ahead (acks late: they stay in Redis's unacked
     # set until done, so a dead worker's reserve comes back). 1 suits long tasks.
@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     db_auto_upgrade: bool = True
     beat_lease_ttl: int = Field(C.DEFAULT_BEAT_LEASE_TTL, gt=0)
     # Seconds a record must have been PENDING before the reconciler looks for its message
-    # (appliance/reconcile.py); well above the time a publish takes.
+    # (appliance/recovery/reconcile.py); well above the time a publish takes.
     reconcile_min_age: int = Field(300, gt=0)
     # Largest JSON of one task's args + kwargs that submit accepts (0 = no cap): a huge
     # payload sits in Redis memory (a noeviction Redis then refuses every write), in the

@@ -62,7 +62,7 @@ PUBLISH_SOCKET_TIMEOUT = 2.0
 DB_LOCK_TIMEOUT_SECONDS = 2.0
 # A task's record turns STARTED once it has run this long (looked at every as long, so
 # within twice this); a shorter task gets one record write (its final state, with
-# started_at) instead of two (issue 7).
+# started_at) instead of two, halving the record writes of short tasks.
 RECORD_STARTED_DELAY_SECONDS = 0.2
 DB_CONNECT_TIMEOUT_SECONDS = 3
 

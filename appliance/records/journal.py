@@ -1,6 +1,6 @@
 """Final record writes carried with the task's ack, flushed to the database in bulk.
 
-In the consumers topology (appliance/consumers.py) a consumer does not write a task's
+In the consumers topology (appliance/worker/consumers/) a consumer does not write a task's
 final state (SUCCESS, FAILURE, RETRY) to the database itself: the write rides in the
 ack's script as one entry of its unit's journal, a Redis list on the broker
 (``appliance:records:journal:<node>``), in the same atomic step as the ack. The record

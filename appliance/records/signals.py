@@ -67,7 +67,7 @@ def note_write_error(what: str, exc: Exception) -> None:
     logger.warning("task record not written (%s): %s", what, last_write_error)
 
 
-# True in a consumer process of the consumers topology (appliance/consumer_pool.py).
+# True in a consumer process of the consumers topology (appliance/worker/consumers/pool.py).
 runs_tasks_inline = False
 
 

@@ -61,7 +61,7 @@ SCAN_CHUNK = 1000
 WORKER_QUERY_TIMEOUT = 1.0
 # Records examined per run (oldest first); the next run takes the rest.
 MAX_CANDIDATES = 10_000
-# The beat entry `appliance-reconcile` runs it this often (appliance/profile.py).
+# The beat entry `appliance-reconcile` runs it this often (appliance/config/profile.py).
 SCHEDULE_SECONDS = 60.0
 
 

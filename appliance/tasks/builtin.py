@@ -47,7 +47,7 @@ def canary(self: Any) -> dict[str, Any]:
 def reconcile(self: Any, min_age: float | None = None) -> dict[str, Any]:
     """Re-publish tasks whose record is PENDING but whose message Redis lost.
 
-    Run by beat every minute (`appliance-reconcile`); see appliance/reconcile.py.
+    Run by beat every minute (`appliance-reconcile`); see appliance/recovery/reconcile.py.
     Returns the run's report (counts and the re-published ids).
     """
     from appliance.recovery import reconcile as reconciler

@@ -1,4 +1,5 @@
-"""Demo tasks mirroring the seed guides; also used by tests and benchmarks."""
+"""Demo tasks: an example of each Celery feature the appliance supports; also used by the
+tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -89,8 +90,8 @@ def sleep(seconds: float = 1.0) -> float:
 @app.task(name="demo.with_cleanup")
 def with_cleanup(seconds: float = 1.0, cleanup_seconds: float = 0.0) -> float:
     """Work for *seconds*; past the soft time limit, clean up for *cleanup_seconds* and
-    re-raise SoftTimeLimitExceeded (the seed guides' pattern). A cleanup that outlasts the
-    hard limit gets the child killed: TimeLimitExceeded."""
+    re-raise SoftTimeLimitExceeded, so the task still ends FAILURE. A cleanup that
+    outlasts the hard limit gets the child killed: TimeLimitExceeded."""
     try:
         time.sleep(seconds)
     except SoftTimeLimitExceeded:
@@ -153,7 +154,7 @@ def on_error(self: Any, task_id: str | None = None) -> dict[str, Any]:
 
 @app.task(name="demo.rate_limited", rate_limit="10/m")
 def rate_limited(tag: Any = None) -> Any:
-    """Return *tag*; each worker starts at most 10 of these a minute (seed: rate_limit)."""
+    """Return *tag*; each worker starts at most 10 of these a minute (rate_limit)."""
     return tag
 
 

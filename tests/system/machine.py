@@ -47,7 +47,7 @@ def rootfs_key() -> str:
 
 
 def cached_rootfs(log: Path) -> Path:
-    """The pristine rootfs, built on first use (a lock keeps parallel sessions apart)."""
+    """The pristine rootfs, built on first use (a lock keeps parallel test runs apart)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     target = CACHE_DIR / rootfs_key()
     with (CACHE_DIR / ".lock").open("w") as lock:

@@ -23,7 +23,7 @@ from appliance.host.supervisor_conf import deploy_dir
 SCRIPTS = deploy_dir().parent / "scripts"
 INSTALL = SCRIPTS / "install.sh"
 
-# Exit codes of install.sh (README: Deployment).
+# Exit codes of install.sh (docs/install.md, Install on a host).
 EX_USAGE, EX_BAD_URL, EX_NO_WHEEL, EX_UNSUPPORTED, EX_PYTHON, EX_NOPERM = 64, 65, 66, 69, 72, 77
 
 

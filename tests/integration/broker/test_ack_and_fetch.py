@@ -1,4 +1,4 @@
-"""Ack-and-fetch (appliance/broker_transport.py): one Lua round trip acks a message and
+"""Ack-and-fetch (appliance/broker/transport.py): one Lua round trip acks a message and
 tracks the next, on a real redis-server with a real worker.
 
 What must hold: a loaded queue drains without kombu's per-message BRPOP and MULTI/EXEC

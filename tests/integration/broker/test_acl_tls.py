@@ -20,7 +20,7 @@ from tests.helpers.redis_server import RedisServer, TlsFiles, local_redis_server
 from tests.integration.conftest import WorkerFactory
 
 APP_USER = "appliance"
-# The ACL rule README recommends, and the bare `+@all -@dangerous` it is built on.
+# The ACL rule docs/redis.md recommends, and the bare `+@all -@dangerous` it is built on.
 BARE_RULE = "~* &* +@all -@dangerous"
 RECOMMENDED_RULE = "~* &* +@all -@dangerous +info"
 

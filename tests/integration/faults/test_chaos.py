@@ -1,4 +1,4 @@
-"""Fault matrix row 13: a bounded chaos soak.
+"""Fault matrix row 13 (docs/reliability.md): a bounded chaos soak.
 
 A producer submits CHAOS_TASKS `probe.tally` tasks at a steady rate while, for the
 whole time it runs, one fault at a time hits, every 4-10 s, drawn from rows 1, 4, 5, 7

@@ -1,4 +1,4 @@
-"""Fault injection on the connection to Redis (issue 6, rows 7 and 8).
+"""Fault injection on the connection to Redis (fault matrix rows 7 and 8, docs/reliability.md).
 
 Row 7: redis-server paused (SIGSTOP) for 30 s during a load: publishers fail within a
 bounded time with one line and exit 69 instead of hanging, a failed submit leaves no
@@ -56,7 +56,7 @@ OUTLAST_STALL = {
     "APPLIANCE_TASK_TIME_LIMIT": "50",
     "APPLIANCE_TASK_SOFT_TIME_LIMIT": "45",
 }
-# Row 8a: one CLIENT KILL every this many seconds. A consumer restart takes about a
+# Row 8, CLIENT KILL: one kill every this many seconds. A consumer restart takes about a
 # second (mingle waits 1 s for neighbours), so kills every 0.5 s keep the worker
 # reconnecting without ever consuming; every 2 s it consumes between kills.
 KILL_INTERVAL = 2.0

@@ -1,4 +1,5 @@
-"""Fault injection, row 11: the task-record database goes away mid-load and comes back.
+"""Fault matrix row 11 (docs/reliability.md): the task-record database goes away mid-load and
+comes back.
 
 Real redis-server processes, real workers, a real SQLite file (locked by a second
 connection holding `BEGIN EXCLUSIVE` past the write lock timeout) and a real PostgreSQL

@@ -1,7 +1,8 @@
 """Fault injection in the pool: lost children, recycling and a graceful stop under load.
 
-Rows 2-4 of the fault matrix. Real redis-server processes (the broker, and a second one
-for the ledger of executions), real `appliance worker` processes, real SQLite records.
+Rows 2-4 of the fault matrix (docs/reliability.md). Real redis-server processes (the
+broker, and a second one for the ledger of executions), real `appliance worker` processes,
+real SQLite records.
 The ledger: every accepted id must end SUCCESS in the task records, or FAILURE and in the
 dead-letter store for a poison task; lost = 0 is asserted. `probe.tally` and `probe.die`
 count each execution in a hash on the ledger Redis, which gives duplicates and deliveries.
@@ -96,7 +97,7 @@ def _errors(url: str, ids: list[str]) -> list[str]:
 
 
 # Both worker topologies keep the same promises: prefork, and consumer processes under
-# a supervising parent (appliance/consumers.py).
+# a supervising parent (appliance/worker/consumers/supervisor.py).
 TOPOLOGIES = ("prefork", "consumers")
 RECYCLED = {"prefork": "replacing pool child", "consumers": "replacing consumer"}
 

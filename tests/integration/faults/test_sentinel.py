@@ -1,4 +1,5 @@
-"""Fault injection, row 12: Redis Sentinel failover under load.
+"""Fault injection, fault matrix row 12 (docs/reliability.md): Redis Sentinel failover under
+load.
 
 A real Sentinel group (a master, one replica, three sentinels on loopback ports), a real
 worker on sentinel:// URLs, real SQLite records. The probe task's execution tally lives

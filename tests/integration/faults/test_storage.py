@@ -1,5 +1,5 @@
 """Fault injection, Redis storage: data lost on a restart without persistence (row 6), and a
-full disk (row 10).
+full disk (row 10); rows of the fault matrix in docs/reliability.md.
 
 Real redis-server processes, real workers, real SQLite. The ledger is the task records
 (SQLite, outside the broker under test) plus the probe task's execution tally, kept on a
@@ -333,12 +333,12 @@ def test_redis_disk_full_refuses_submits_clearly_and_loses_nothing_accepted(
             if "Unrecoverable error" in worker.output():
                 # Prefork: the worker stops; its exit may wait up to the stop timeout for
                 # pool children blocked on a result pipe it no longer reads (then kills
-                # them). KNOWN BUG (README): a later shutdown step can still hang; the
-                # pool's last resort then exits 70 (SHUTDOWN_HUNG) 30 s after the pool
-                # stopped. A worker still up after that is killed, as systemd's watchdog
-                # would, and reported as a figure. Consumers: the unit replaces the
-                # consumers that stopped and goes on by itself (or exits after 5 failed
-                # starts in a row, restarted here as systemd would).
+                # them). A known issue (docs/reliability.md): a later shutdown step can
+                # still hang; the pool's last resort then exits 70 (SHUTDOWN_HUNG) 30 s
+                # after the pool stopped. A worker still up after that is killed, as
+                # systemd's watchdog would, and reported as a figure. Consumers: the unit
+                # replaces the consumers that stopped and goes on by itself (or exits
+                # after 5 failed starts in a row, restarted here as systemd would).
                 done = _done(url, accepted)
                 try:
                     wait_until(

@@ -1,10 +1,10 @@
-"""The consumers topology (appliance/consumers.py) against a real Redis and real processes.
+"""The consumers topology (appliance/worker/consumers/) against a real Redis and real processes.
 
 What only this topology does: its parent settles a dead consumer's message at once
 (instead of the visibility timeout), kills a consumer at the hard time limit and fails
 its task, its consumers store results and record writes through the ack's script (the
 record journal) and the parent flushes that journal. The promises both topologies keep
-are run on both in test_faults_pool.py.
+are run on both in faults/test_pool.py.
 """
 
 from __future__ import annotations

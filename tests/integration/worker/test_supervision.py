@@ -135,8 +135,8 @@ def test_watchdog_keeps_pinging_while_long_tasks_hold_every_prefetch_slot(
     api_env: dict[str, str], peer: NotifyPeer, tmp_path: Path
 ) -> None:
     """No BRPOP is out while the only slot runs a long task: the age of the last BRPOP
-    sent must not withhold the pings (it did before issue 7: systemd killed a worker whose
-    children all ran tasks longer than WatchdogSec)."""
+    sent must not withhold the pings (else systemd kills a worker whose children all run
+    tasks longer than WatchdogSec)."""
     worker = ApplianceProcess(
         ["worker", "-c", "1"], _notify_env(api_env, peer), tmp_path / "worker.log"
     )

@@ -1,9 +1,9 @@
 """deploy/systemd/: systemd-analyze finds nothing to complain about, and the invariants hold.
 
-The invariants are the promises of the README (Deployment): drain on stop (KillMode=mixed,
-a stop timeout longer than the hard time limit), readiness and a watchdog (Type=notify,
-WatchdogSec), no crash loop on a configuration error (RestartPreventExitStatus=78), and an
-exposure score of at most 2.5 for worker and beat.
+The invariants are the promises of docs/install.md (systemd units): drain on stop
+(KillMode=mixed, a stop timeout longer than the hard time limit), readiness and a watchdog
+(Type=notify, WatchdogSec), no crash loop on a configuration error
+(RestartPreventExitStatus=78), and an exposure score of at most 2.5 for worker and beat.
 """
 
 from __future__ import annotations

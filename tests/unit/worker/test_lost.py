@@ -1,4 +1,4 @@
-"""The bound on redeliveries after a lost pool child (appliance/worker_lost.py).
+"""The bound on redeliveries after a lost pool child (appliance/worker/lost.py).
 
 The counting and the decision run against an in-memory stand-in for the few Redis
 commands involved; the Request runs Celery's real on_failure on a real (in-memory) app.

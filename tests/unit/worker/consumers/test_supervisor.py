@@ -1,7 +1,7 @@
 """The consumers topology without servers: arguments, reports, health and exit decisions.
 
-The real forks, kills and Redis work run in tests/integration (test_faults_pool.py on
-both topologies, test_consumers.py).
+The real forks, kills and Redis work run in tests/integration (faults/test_pool.py on
+both topologies, worker/test_consumers.py).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 from celery.app import backends
 from celery.backends import redis as celery_redis
 from celery.exceptions import BackendStoreError
-from celery.states import READY_STATES
+from celery.states import FAILURE, READY_STATES
 
 from appliance.broker import scripts
 
@@ -91,25 +91,30 @@ class _StoreInOneTrip:
                 "value too large for Redis backend", state=state, task_id=task_id
             )
         key = self.get_key_for_task(task_id)
-        store = functools.partial(self.ensure, self._store_unless_success, (key, value))
+        ttl = self._ttl(state)
+        store = functools.partial(self.ensure, self._store_unless_success, (key, value, ttl))
         if state in READY_STATES and not _in_canvas(request):
-            from appliance.broker import transport as broker_transport
+            from appliance.worker.consumers import process as consumer_process
 
-            if broker_transport.stash_result(meta["task_id"], key, value, self._ttl(), store):
+            stash = consumer_process.current().stash_result
+            if stash(meta["task_id"], key, value, ttl, store):
                 return result  # stored by the task's ack (consumer processes)
         store()
         return result
 
-    def _ttl(self: Any) -> int:
-        return int(self.expires or 0)
+    def _ttl(self: Any, state: str) -> int:
+        # As Celery's own _set_with_state: result_failure_expires for a FAILURE (the
+        # backend sets failure_expires to result_expires when it is not configured).
+        expires = self.failure_expires if state == FAILURE else self.expires
+        return int(expires or 0)
 
-    def _store_unless_success(self: Any, key: bytes | str, value: str | bytes) -> None:
+    def _store_unless_success(self: Any, key: bytes | str, value: str | bytes, ttl: int) -> None:
         script = self.__dict__.get("_store_script")
         if script is None:
             script = self._store_script = self.client.register_script(
                 scripts.source("store_result")
             )
-        script(keys=[key], args=[value, self._ttl()], client=self.client)
+        script(keys=[key], args=[value, ttl], client=self.client)
 
 
 class RedisBackend(_SubscribeOnWait, _StoreInOneTrip, celery_redis.RedisBackend):  # type: ignore[misc]

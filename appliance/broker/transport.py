@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from queue import Empty
 from typing import Any
 
@@ -37,105 +36,24 @@ from kombu.utils.json import loads
 
 from appliance.broker import scripts
 from appliance.core.constants import RECORDS_JOURNAL_CAP
+from appliance.worker.consumers import process as consumer_process
+from appliance.worker.consumers.process import Carried, ConsumerProcessState
 
 logger = logging.getLogger("appliance.consumer")
 
 _MESSAGE_KEYS = ("body", "properties", "headers")
 
-# Set in a consumer process (tasks run inline, where they are fetched: the consumers
-# topology, appliance/worker/consumers/pool.py): a task's ack happens inside its own delivery,
-# so the message ack-and-fetch takes is delivered from the event loop's next turn
-# instead of inside the ack; its tag is kept for the consumer's report to its parent.
-deliver_from_loop = False
-last_fetched_tag: str | None = None
-# False once a consumer retires or stops: its last ack takes no next message.
-fetch_on_ack = True
-# A consumer process's acks that could not be made (Redis refused or was gone), made
-# before its next one.
-acks_owed: list[str] = []
 
-
-@dataclass
-class _Carried:
-    """What a consumer's running task hands to its ack: its final result, its final record
-    write, and how to write each without the ack (their own retrying writers)."""
-
-    result: tuple[bytes | str, bytes | str, int] | None = None
-    store_result: Callable[[], None] | None = None
-    record: str | None = None
-    write_record: Callable[[], None] | None = None
-
-    def write_record_now(self) -> None:
-        write, self.record, self.write_record = self.write_record, None, None
-        if write is not None:
-            write()
-
-    def write_now(self) -> None:
-        store, self.result, self.store_result = self.store_result, None, None
-        if store is not None:
-            store()
-        self.write_record_now()
-
-    def script_args(self) -> list[Any]:
-        result: list[Any] = ["", "", 0, 0, 0]
-        if self.result is not None and results_with_ack is not None:
-            result = [*self.result, *results_with_ack]
-        if self.record is not None and records_journal is not None:
-            return [*result, records_journal, self.record, RECORDS_JOURNAL_CAP]
-        return [*result, "", "", 0]
-
-
-# A consumer process whose result backend is on the broker's Redis server: (result db,
-# broker db). Its task's final result then rides in the ack's script (one round trip
-# instead of two); every path that does not end in that script stores it first itself.
-results_with_ack: tuple[int, int] | None = None
-# A consumer process: its unit's record journal (final record writes ride in the ack).
-records_journal: str | None = None
-_running_task: str | None = None
-_carried = _Carried()
-
-
-def task_begins(task_id: str) -> None:
-    global _running_task
-    _running_task = task_id
-
-
-def task_ends() -> None:
-    """The task's delivery is over: write whatever no ack carried (its ack came first, as
-    without acks late, or never came)."""
-    global _running_task
-    _running_task = None
-    try:
-        _take_carried().write_now()
-    except Exception as exc:  # the backend's retries are spent: as a failed store in trace
-        logger.error("task result not stored: %r", exc)
-
-
-def _take_carried() -> _Carried:
-    global _carried
-    carried, _carried = _carried, _Carried()
-    return carried
-
-
-def stash_result(
-    task_id: str, key: bytes | str, value: bytes | str, ttl: int, store: Callable[[], None]
-) -> bool:
-    """Keep the running task's final result for its ack; False: store it now yourself."""
-    if results_with_ack is None or task_id != _running_task:
-        return False
-    if _carried.store_result is not None:
-        _carried.store_result()  # an earlier final state goes first
-    _carried.result, _carried.store_result = (key, value, ttl), store
-    return True
-
-
-def stash_record(task_id: str, entry: str, write: Callable[[], None]) -> bool:
-    """Keep the running task's final record write for its ack; False: write it now."""
-    if records_journal is None or task_id != _running_task:
-        return False
-    _carried.write_record_now()  # an earlier one goes first
-    _carried.record, _carried.write_record = entry, write
-    return True
+def _script_args(carried: Carried, state: ConsumerProcessState) -> list[Any]:
+    """Ack-and-fetch's ARGV after the first two (lua/ack_and_fetch.lua): what the running
+    task's ack carries, in a consumer process (ConsumerProcessState.results_with_ack and
+    records_journal)."""
+    result: list[Any] = ["", "", 0, 0, 0]
+    if carried.result is not None and state.results_with_ack is not None:
+        result = [*carried.result, *state.results_with_ack]
+    if carried.record is not None and state.records_journal is not None:
+        return [*result, state.records_journal, carried.record, RECORDS_JOURNAL_CAP]
+    return [*result, "", "", 0]
 
 
 def _decode(item: bytes) -> dict[str, Any] | None:
@@ -204,7 +122,7 @@ class _GarbageTolerant:
                 raise
             if not dest__item:
                 raise Empty()
-            if deliver_from_loop:
+            if consumer_process.current().is_consumer:
                 self._in_poll = None  # answered: the task's own ack may fetch the next
             dest, payload = self._popped(*dest__item)
             if payload is not None:
@@ -237,31 +155,38 @@ class _GarbageTolerant:
         back after the visibility timeout, as any unacked message). Holding its only
         prefetch slot, the consumer would never poll Redis again, and so never notice
         that Redis refuses or the connection is gone."""
-        if deliver_from_loop:
+        if consumer_process.current().is_consumer:
             self.qos._delivered.pop(delivery_tag, None)
 
-    def _failed_ack(self, delivery_tag: str, carried: _Carried, exc: Exception) -> None:
+    def _failed_ack(self, delivery_tag: str, carried: Carried, exc: Exception) -> None:
         """A consumer process's ack failed (Redis paused or refusing writes, connection
         gone). Celery drops an error of an ack made inside the task's delivery (the ack
         promise's error handler), so it is logged here. The result and record the ack
         carried are written first, with their own retries; the ack is made again with the
         next one only once they are, or the task would end acked without them: if they
         fail too, the message is left to come back at the visibility timeout."""
-        if not deliver_from_loop:
+        state = consumer_process.current()
+        if not state.is_consumer:
             return
-        logger.error("the ack of message %s failed (%s: %s)", delivery_tag, type(exc).__name__, exc)
+        logger.error(
+            "the ack of message %s failed (%s: %s)",
+            delivery_tag,
+            type(exc).__name__,
+            exc,
+        )
         self._free_slot(delivery_tag)
         carried.write_now()
-        acks_owed.append(delivery_tag)
+        state.ack.owed.append(delivery_tag)
 
-    def _pay_owed_acks(self) -> None:
-        while acks_owed:
-            self.qos._remove_from_indices(acks_owed[0]).execute()
-            acks_owed.pop(0)
+    def _pay_owed_acks(self, owed: list[str]) -> None:
+        while owed:
+            self.qos._remove_from_indices(owed[0]).execute()
+            owed.pop(0)
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        carried = _take_carried()
-        plain = self._plain_ack()
+        state = consumer_process.current()
+        carried = state.ack.take_carried()
+        plain = self._plain_ack(state)
         if plain:
             try:
                 carried.write_now()  # result and record before the ack
@@ -269,11 +194,11 @@ class _GarbageTolerant:
                 self._free_slot(delivery_tag)  # not written: no ack; it comes back
                 raise
         try:
-            self._pay_owed_acks()
+            self._pay_owed_acks(state.ack.owed)
             if plain:
                 super().basic_ack(delivery_tag, multiple)
                 return
-            fetched = self._ack_and_fetch_script(delivery_tag, carried)
+            fetched = self._ack_and_fetch_script(delivery_tag, carried, state)
         except Exception as exc:
             self._failed_ack(delivery_tag, carried, exc)
             raise
@@ -284,19 +209,20 @@ class _GarbageTolerant:
         dest, payload = self._popped(key, item, message=bool(tag))
         if payload is None:
             return
-        if deliver_from_loop:
-            self._deliver_next_turn(payload, dest, bytes_to_str(tag))
+        if state.is_consumer:
+            self._deliver_next_turn(payload, dest, bytes_to_str(tag), state)
             return
         self._deliver_fetched(payload, dest, bytes_to_str(tag))
 
-    def _plain_ack(self) -> bool:
+    def _plain_ack(self, state: ConsumerProcessState) -> bool:
         """kombu's own ack, without fetching the next message."""
         qos = self.qos
+        inline = state.is_consumer
         return bool(
             get_event_loop() is None  # not a worker's event loop
-            or not fetch_on_ack
-            or (deliver_from_loop and (worker_state.should_stop or worker_state.should_terminate))
-            or (self.__dict__.get("_delivering") and not deliver_from_loop)
+            or not state.ack.fetch_on_ack
+            or (inline and (worker_state.should_stop or worker_state.should_terminate))
+            or (self.__dict__.get("_delivering") and not inline)
             or self._in_poll  # a BRPOP is out: it may deliver the next message itself
             or self.global_keyprefix
             or not self.active_queues
@@ -306,7 +232,9 @@ class _GarbageTolerant:
             )
         )
 
-    def _ack_and_fetch_script(self, delivery_tag: str, carried: _Carried) -> Any:
+    def _ack_and_fetch_script(
+        self, delivery_tag: str, carried: Carried, state: ConsumerProcessState
+    ) -> Any:
         queues = self._queue_cycle.consume(len(self.active_queues))
         lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
         keys = [self.unacked_index_key, self.unacked_key, *lists]
@@ -316,18 +244,21 @@ class _GarbageTolerant:
                 script = self._ack_and_fetch = client.register_script(
                     scripts.source("ack_and_fetch")
                 )
-            fetched = script(keys=keys, args=[delivery_tag, time.time(), *carried.script_args()])
+            args = _script_args(carried, state)
+            fetched = script(keys=keys, args=[delivery_tag, time.time(), *args])
             if int(fetched[0]) < 0:  # the journal is full: the record goes directly
                 carried.write_record_now()
-                fetched = script(
-                    keys=keys, args=[delivery_tag, time.time(), *carried.script_args()]
-                )
+                args = _script_args(carried, state)
+                fetched = script(keys=keys, args=[delivery_tag, time.time(), *args])
         return fetched
 
-    def _deliver_next_turn(self, payload: dict[str, Any], queue: str, tag: str) -> None:
-        """A consumer process: deliver from the event loop, not inside the current task."""
-        global last_fetched_tag
-        last_fetched_tag = tag
+    def _deliver_next_turn(
+        self, payload: dict[str, Any], queue: str, tag: str, state: ConsumerProcessState
+    ) -> None:
+        """A consumer process (tasks run inline, where they are fetched, so a task's ack
+        happens inside its own delivery): deliver from the event loop's next turn, not
+        inside the current task; the tag is kept for the consumer's report to its parent."""
+        state.ack.fetched_tag = tag
         self.qos.reserve(tag)  # the slot stays taken: no BRPOP meanwhile
         hub = get_event_loop()
         assert hub is not None  # basic_ack took this path inside the worker's event loop

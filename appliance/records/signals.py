@@ -28,6 +28,7 @@ from appliance.core.constants import (
 from appliance.core.text import one_line
 from appliance.records import store
 from appliance.records.db import transient
+from appliance.worker.consumers import process as consumer_process
 
 logger = logging.getLogger("appliance.records")
 
@@ -67,10 +68,6 @@ def note_write_error(what: str, exc: Exception) -> None:
     logger.warning("task record not written (%s): %s", what, last_write_error)
 
 
-# True in a consumer process of the consumers topology (appliance/worker/consumers/pool.py).
-runs_tasks_inline = False
-
-
 def write_error_count() -> int:
     """Failed record writes of this worker node (main process and pool children), else of
     this process alone (outside a worker)."""
@@ -94,7 +91,7 @@ def _write(url: str, handler: Callable[..., None], retry: bool, args: Any, kwarg
     # consumer process (consumers topology) runs its tasks inline and may pause.
     pauses = (
         FINAL_WRITE_PAUSES_SECONDS
-        if retry and (os.getpid() != _main_pid or runs_tasks_inline)
+        if retry and (os.getpid() != _main_pid or consumer_process.current().is_consumer)
         else ()
     )
     if _database_down:
@@ -248,6 +245,14 @@ def flush_started(task_id: str) -> None:
         _write_started(url, fields)
 
 
+def _published_at(request: Any) -> datetime | None:
+    """When an appliance publisher sent the task (its enqueued_at header), if it did."""
+    try:
+        return datetime.fromtimestamp(float(getattr(request, ENQUEUED_AT_HEADER)), UTC)
+    except (AttributeError, TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **_: Any) -> None:
     url = get_settings().records_url
     if url is None:
@@ -267,6 +272,8 @@ def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **
             "parent_id": request.parent_id,
             "root_id": request.root_id,
             "started_at": datetime.now(UTC),
+            # Only for a task with no PENDING record (a plain Celery client's).
+            "created_at": _published_at(request),
         },
     )
 
@@ -274,15 +281,15 @@ def _on_prerun(task_id: str, task: Any, args: Any = None, kwargs: Any = None, **
 def _final_write(url: str, writer: Callable[..., None], retry: bool, **kwargs: Any) -> None:
     """A task's final record write: carried by its ack in a consumer process (the
     journal, appliance/records/journal.py), else written now."""
-    from appliance.broker import transport as broker_transport
     from appliance.records import journal
 
-    if broker_transport.records_journal is not None:
+    consumer = consumer_process.current()
+    if consumer.records_journal is not None:
         if writer is not store.record_retry:
             kwargs.setdefault("finished_at", datetime.now(UTC))
         entry = journal.encode(writer.__name__, kwargs)
         later = functools.partial(_write, url, writer, retry, (), kwargs)
-        if broker_transport.stash_record(kwargs["task_id"], entry, later):
+        if consumer.stash_record(kwargs["task_id"], entry, later):
             return
     writer(url, **kwargs)
 

@@ -111,9 +111,11 @@ def started_write(
     parent_id: str | None = None,
     root_id: str | None = None,
     started_at: datetime | None = None,
+    created_at: datetime | None = None,
 ) -> RowWrite:
     """Mark a task STARTED on *worker* (never over a final state: a deferred STARTED write
-    may come after the task ended, see records.signals.DeferredStarted)."""
+    may come after the task ended, see records.signals.DeferredStarted). *created_at*
+    (when the message was published) fills only a new row (see _started_fields)."""
     values, defaults = _started_fields(
         {
             "name": name,
@@ -125,6 +127,7 @@ def started_write(
             "parent_id": parent_id,
             "root_id": root_id,
             "started_at": started_at or now(),
+            "created_at": created_at,
         }
     )
     return RowWrite.of(task_id, {"status": "STARTED", **values}, defaults, unless_final=True)
@@ -132,11 +135,18 @@ def started_write(
 
 def _started_fields(started: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The columns a STARTED write sets, and those it fills only in a new row, from the
-    keyword arguments of `record_started` (none when *started* is None)."""
+    keyword arguments of `record_started` (none when *started* is None).
+
+    A new row is a task with no PENDING record (sent by a producer that writes none, e.g.
+    a plain Celery client): its created_at is when it was published (*created_at*, from
+    the message), else when it started; never later than started_at (the publisher's
+    clock may be ahead of the worker's)."""
     if not started:
         return {}, {}
+    started_at = started.get("started_at") or now()
+    created_at = started.get("created_at")
     values = {
-        "started_at": started.get("started_at") or now(),
+        "started_at": started_at,
         "worker": started.get("worker"),
         "retries": started.get("retries") or 0,
         "finished_at": None,
@@ -147,6 +157,7 @@ def _started_fields(started: dict[str, Any] | None) -> tuple[dict[str, Any], dic
         "queue": started.get("queue"),
         "parent_id": started.get("parent_id"),
         "root_id": started.get("root_id"),
+        "created_at": min(created_at, started_at) if created_at else started_at,
     }
     if started.get("name"):
         defaults["name"] = started["name"]

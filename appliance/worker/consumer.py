@@ -9,6 +9,7 @@ from typing import Any
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from appliance.broker import deadletter
+from appliance.worker.consumers import process as consumer_process
 
 logger = logging.getLogger("appliance.deadletter")
 
@@ -63,9 +64,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         """In a consumer process (tasks run inline in the event loop's thread) ack now:
         Celery's hub.call_soon from that thread wakes nobody, so with the prefetch slot
         still taken the loop would sleep in its poll (up to 1 s) before acking."""
-        from appliance.broker import transport as broker_transport
-
-        if not broker_transport.deliver_from_loop:
+        if not consumer_process.current().is_consumer:
             return super().call_soon_ack(p, *args, **kwargs)
         p(*args, **kwargs)  # errors take the path they take from hub.call_soon
         return p

@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config.settings import Settings
 from appliance.errors import ConfigError, DatabaseUnavailableError
 
+if TYPE_CHECKING:
+    from appliance.worker.consumers.process import ConsumerLimits, ConsumerProcessState
+    from appliance.worker.supervision import Supervision
+
 logger = logging.getLogger("appliance.runtime")
+
+# Celery's documented hook for an out-of-tree pool is `--pool custom`.
+POOL_ALIAS = "custom"
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,15 @@ def recycle_limits(settings: Settings, options: WorkerOptions) -> tuple[int, int
     return max_tasks, max_memory
 
 
+def select_pool(pool: type) -> list[str]:
+    """Register *pool* (a TaskPool class) as Celery's ``custom`` pool; the worker arguments
+    that pick it."""
+    from celery import concurrency
+
+    concurrency.ALIASES[POOL_ALIAS] = f"{pool.__module__}:{pool.__qualname__}"
+    return ["--pool", POOL_ALIAS]
+
+
 def worker_argv(
     settings: Settings, options: WorkerOptions, consumer: int | None = None
 ) -> list[str]:
@@ -85,10 +101,10 @@ def worker_argv(
     ]
     if consumer is not None:
         # One process that runs its tasks inline; recycling is its pool's own
-        # (appliance/consumer_pool.py, limits set by the parent before it forks).
-        from appliance.worker.consumers.pool import select_pool as select_consumer_pool
+        # (appliance/worker/consumers/pool.py, its limits in its process state).
+        from appliance.worker.consumers.pool import TaskPool as ConsumerPool
 
-        return [*argv, "--concurrency", "1", *select_consumer_pool()]
+        return [*argv, "--concurrency", "1", *select_pool(ConsumerPool)]
     concurrency = options.concurrency or settings.concurrency
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
@@ -96,10 +112,11 @@ def worker_argv(
         argv += ["--max-tasks-per-child", str(max_tasks)]
     if max_memory:
         argv += ["--max-memory-per-child", str(max_memory)]
-    # Our pool: cheap recycling, judged by a child's unique memory (appliance/pool.py).
-    from appliance.worker.prefork.pool import select_pool
+    # Our pool: cheap recycling, judged by a child's unique memory
+    # (appliance/worker/prefork/pool.py).
+    from appliance.worker.prefork.pool import TaskPool as PreforkPool
 
-    argv += select_pool()
+    argv += select_pool(PreforkPool)
     # Celery reads a 0 flag as "not given" and falls back to the profile, which holds the
     # setting; a flag's 0 ("never") must override it as configuration, after "--", last.
     never = [
@@ -133,89 +150,11 @@ def prepare_database(settings: Settings) -> None:
         logger.warning("%s; starting anyway, task records will be missing", exc)
 
 
-def refuse_evicting_broker(settings: Settings) -> None:
-    """Exit 78 on a broker whose maxmemory-policy can evict queued tasks.
-
-    A Redis that cannot be reached is not judged here: the worker waits for it.
-    """
-    from urllib.parse import urlsplit
-
-    if urlsplit(settings.broker_url).scheme not in ("redis", "rediss", "sentinel"):
-        return
-    import redis
-
-    from appliance.broker.admin import client
-    from appliance.core.text import mask_url
-
-    try:
-        policy = str(client(settings).info("memory").get("maxmemory_policy", "noeviction"))
-    except redis.RedisError as exc:
-        from appliance.broker.acl import acl_user, grant, is_noperm
-
-        if is_noperm(exc):
-            # INFO is in @dangerous: an ACL user with -@dangerous may not run it.
-            logger.warning(
-                "broker eviction policy not checked: Redis refused INFO to ACL user %s; "
-                "fix: %s (or make sure maxmemory-policy is noeviction)",
-                acl_user(settings.broker_url),
-                grant(settings.broker_url, "+info"),
-            )
-        else:
-            logger.warning("broker eviction policy not checked (%s)", exc)
-        return
-    if policy != "noeviction":
-        raise ConfigError(
-            f"the broker {mask_url(settings.broker_url)} has maxmemory-policy {policy}, which "
-            "evicts queued tasks; fix: appliance redis tune --apply (or CONFIG SET "
-            "maxmemory-policy noeviction)"
-        )
-
-
-def refuse_missing_channels(settings: Settings) -> None:
-    """Exit 78 when the broker's ACL user may not use the Pub/Sub channels Celery needs.
-
-    Remote control (revoke, inspect) listens on the pidbox fanout channel and results
-    are announced on celery-task-meta-* channels; without them the worker dies inside
-    Celery with a traceback ("Unrecoverable error: NoPermissionError"). A Redis that
-    cannot be reached is not judged here: the worker waits for it.
-    """
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(settings.broker_url)
-    if parts.scheme not in ("redis", "rediss"):
-        return
-    import redis
-
-    from appliance.broker.acl import acl_user, grant, is_noperm
-    from appliance.broker.admin import client
-    from appliance.core import constants as C
-
-    db = int((parts.path or "/0").strip("/") or 0)
-    # kombu's fanout channel for the "celery.pidbox" exchange, which workers PSUBSCRIBE.
-    pidbox = f"/{db}.celery.pidbox"
-    conn = client(settings)
-    pubsub = conn.pubsub()
-    try:
-        pubsub.psubscribe(pidbox)
-        pubsub.get_message(timeout=C.REDIS_SOCKET_TIMEOUT)
-        # Publishing to a channel nobody listens on: what storing a result does.
-        conn.publish("celery-task-meta-appliance-acl-probe", "")
-    except redis.RedisError as exc:
-        if is_noperm(exc):
-            raise ConfigError(
-                f"the Redis ACL user {acl_user(settings.broker_url)} may not use the Pub/Sub "
-                "channels Celery needs (remote control, result notifications); "
-                f"fix: {grant(settings.broker_url, '&*')}"
-            ) from None
-        logger.debug("broker channels not checked (%s)", exc)
-    finally:
-        pubsub.close()
-        conn.close()
-
-
 def run_worker(settings: Settings, options: WorkerOptions) -> int:
     """Run the worker in the foreground until it stops; return its exit code."""
     argv = worker_argv(settings, options)
+    from appliance.worker.preflight import refuse_evicting_broker, refuse_missing_channels
+
     refuse_evicting_broker(settings)
     refuse_missing_channels(settings)
     prepare_database(settings)
@@ -236,22 +175,18 @@ def run_worker(settings: Settings, options: WorkerOptions) -> int:
 
 
 def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
-    """The consumers topology: N consumer processes under this one (appliance/consumers.py)."""
+    """The consumers topology: N consumer processes under this one
+    (appliance/worker/consumers/supervisor.py)."""
     import os
 
-    from appliance.broker import transport as broker_transport
     from appliance.worker import supervision as worker_step
-    from appliance.worker.consumers import pool as consumer_pool
-    from appliance.worker.consumers.supervisor import (
-        CONSUMER_PING_SECONDS,
-        Supervisor,
-        log_to_stderr,
-        preload_worker_modules,
-    )
+    from appliance.worker.consumers.parent import log_to_stderr, preload_worker_modules
+    from appliance.worker.consumers.process import ConsumerLimits, become_consumer
+    from appliance.worker.consumers.supervisor import Supervisor
 
     log_to_stderr(options.loglevel or settings.log_level)
     preload_worker_modules()
-    consumer_pool.limits = consumer_pool.ConsumerLimits(*recycle_limits(settings, options))
+    limits = ConsumerLimits(*recycle_limits(settings, options))
     count = options.concurrency or settings.concurrency or os.cpu_count() or 1
     supervision = worker_step.supervision
     from appliance.broker.admin import connect
@@ -267,22 +202,13 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
 
     node = host_format(f"{options.group}@%h")
     flusher = records_flusher(settings, node, client)
+    journal = flusher.key if flusher is not None else None
 
     def run_consumer(index: int, report_fd: int, gate_fd: int) -> int:
-        from appliance.broker.result_backend import databases_on_one_server
-        from appliance.records import signals as record_signals
+        from appliance.worker.consumers.pool import share_rate_limits
 
-        consumer_pool.link = consumer_pool.ParentLink(report_fd, gate_fd)
-        broker_transport.deliver_from_loop = True
-        broker_transport.results_with_ack = databases_on_one_server(
-            settings.broker_url, settings.effective_result_backend
-        )
-        record_signals.runs_tasks_inline = True
-        broker_transport.records_journal = flusher.key if flusher is not None else None
-        worker_step.supervision = dataclasses.replace(
-            supervision, notifier=consumer_pool.LinkNotifier(), watchdog=CONSUMER_PING_SECONDS
-        )
-        consumer_pool.share_rate_limits(app, count)
+        become_consumer(consumer_state(settings, supervision, limits, journal, report_fd, gate_fd))
+        share_rate_limits(app, count)
         argv = worker_argv(settings, options, consumer=index)
         if gate_fd >= 0:
             # A successor started ahead (a recycle): without Celery's banner, which is
@@ -300,7 +226,43 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
         describe=f"{node}: consuming {queues}; ",
         flusher=flusher,
         redis=client,
+        limits=limits,
     ).run()
+
+
+def consumer_state(
+    settings: Settings,
+    supervision: Supervision,
+    limits: ConsumerLimits,
+    journal: str | None,
+    report_fd: int,
+    gate_fd: int,
+) -> ConsumerProcessState:
+    """What a consumer process is (appliance/worker/consumers/process.py): its link to the
+    parent through *report_fd* and *gate_fd*, the unit's *supervision* reporting there,
+    its recycling *limits*, what its acks carry (results on the broker's own server, and
+    the unit's record *journal*)."""
+    from appliance.broker.result_backend import databases_on_one_server
+    from appliance.worker.consumers.process import ConsumerProcessState
+    from appliance.worker.consumers.protocol import (
+        CONSUMER_PING_SECONDS,
+        LinkNotifier,
+        ParentLink,
+    )
+
+    link = ParentLink(report_fd, gate_fd)
+    return ConsumerProcessState(
+        is_consumer=True,
+        link=link,
+        limits=limits,
+        results_with_ack=databases_on_one_server(
+            settings.broker_url, settings.effective_result_backend
+        ),
+        records_journal=journal,
+        supervision=dataclasses.replace(
+            supervision, notifier=LinkNotifier(link), watchdog=CONSUMER_PING_SECONDS
+        ),
+    )
 
 
 def records_flusher(settings: Settings, node: str, client: Any) -> Any:

@@ -1,4 +1,4 @@
-"""A bound on redeliveries of a task whose pool child dies: no endless poison loop.
+"""A bound on redeliveries of a task whose process dies under it: no endless poison loop.
 
 With ``task_acks_late`` and ``task_reject_on_worker_lost`` (the production profile),
 Celery requeues a message whenever the pool child running it dies - SIGKILL, the OOM
@@ -24,14 +24,20 @@ task costs nothing.
 
 When Redis cannot count the loss or keep the dead letter, the message is requeued as
 stock Celery does: the poison task may run again, but nothing is lost. A child killed by
-a revoke, a cancel or a cold shutdown is not the task's fault and is not counted.
+a revoke, a cancel or a cold shutdown is not the task's fault and is not counted. A task
+that stored SUCCESS before its process died is done: acked, not counted.
+
+:func:`settle_lost` is that policy for both topologies: prefork's main process applies it
+to a lost pool child from :class:`Request`, the consumers' parent to a lost consumer
+(:mod:`appliance.worker.consumers.settle`), each through its own :class:`LostTask`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
 from billiard.common import human_status
 from billiard.exceptions import WorkerLostError
@@ -114,6 +120,86 @@ def _unwrap(exc: Any) -> Any:
     return getattr(exc, "exc", exc)  # billiard's ExceptionWithTraceback
 
 
+class LostTask(Protocol):
+    """A task whose process died under it, as its topology settles it (:func:`settle_lost`)."""
+
+    process: str  # what was lost, for the log: "pool child", "consumer"
+    task_id: str
+    name: str
+    retries: int  # for its RETRY record
+
+    def success_stored(self) -> bool:
+        """It stored SUCCESS before its process died."""
+        ...
+
+    def count_loss(self) -> int:
+        """One more loss counted in Redis (raises when it cannot be): the count so far."""
+        ...
+
+    def keep_dead_letter(self, reason: str) -> bool:
+        """Its message stored as a dead letter and its losses forgotten; False when there is
+        no message to keep (raises when the letter cannot be stored)."""
+        ...
+
+    def give_up(self, reason: str) -> None:
+        """Its FAILURE result and record, and the ack of its message."""
+        ...
+
+
+class Settled(Enum):
+    """What :func:`settle_lost` leaves its caller to do with the message."""
+
+    SUCCEEDED = "succeeded"  # SUCCESS was stored before the loss: ack it, it is done
+    UNCOUNTED = "uncounted"  # the loss could not be counted: requeue it, as stock Celery does
+    REQUEUE = "requeue"  # counted below the bound, its RETRY record written: requeue it
+    DEAD_LETTERED = "dead-lettered"  # at the bound: dead-lettered, failed and acked already
+
+
+def settle_lost(task: LostTask, status: str, limit: int) -> Settled:
+    """The bound on redeliveries (module docstring) for a lost *task* of either topology:
+    *status* is how its process ended, *limit* APPLIANCE_MAX_WORKER_LOST."""
+    if task.success_stored():
+        return Settled.SUCCEEDED  # stored SUCCESS, then died before the ack: not run again
+    try:
+        losses = task.count_loss()
+    except Exception as error:
+        logger.warning(
+            "%s lost running %s[%s] (%s); requeued, the loss was not counted (%s)",
+            task.process,
+            task.name,
+            task.task_id,
+            status,
+            one_line(error),
+        )
+        return Settled.UNCOUNTED
+    if gives_up(losses, limit):
+        reason = give_up_reason(status, losses, limit)
+        try:
+            kept = task.keep_dead_letter(reason)
+        except Exception as error:
+            logger.error(
+                "%s[%s]: %s; but the dead letter could not be stored (%s), so it is requeued",
+                task.name,
+                task.task_id,
+                reason,
+                one_line(error),
+            )
+            kept = False
+        if kept:
+            logger.error("%s[%s]: %s", task.name, task.task_id, reason)
+            task.give_up(reason)
+            return Settled.DEAD_LETTERED
+    reason = requeue_reason(status, losses, limit)
+    logger.warning("%s[%s]: %s", task.name, task.task_id, reason)
+    task_id, name, retries = task.task_id, task.name, task.retries
+    record_signals.guarded(
+        lambda url: records.record_retry(
+            url, task_id=task_id, name=name, error=reason, retries=retries
+        )
+    )()
+    return Settled.REQUEUE
+
+
 class Request(CountingRequest):
     """Celery's Request (counting outcomes) with a bound on redeliveries after lost children."""
 
@@ -125,41 +211,18 @@ class Request(CountingRequest):
             return super().on_failure(
                 exc_info, send_failed_event=send_failed_event, return_ok=return_ok
             )
-        status, limit = child_status(exc), get_settings().max_worker_lost
-        try:
-            with self._message.channel.conn_or_acquire() as client:
-                losses = count_loss(client, self.id)
-        except Exception as error:
-            logger.warning(
-                "pool child lost running %s[%s] (%s); requeued, the loss was not counted (%s)",
-                self.name,
-                self.id,
-                status,
-                one_line(error),
-            )
-            return super().on_failure(
-                exc_info, send_failed_event=send_failed_event, return_ok=return_ok
-            )
-        if gives_up(losses, limit):
-            if self._success_stored():
-                # Stored SUCCESS, then died: Celery acks it without running it again.
-                return super().on_failure(
-                    exc_info, send_failed_event=send_failed_event, return_ok=return_ok
-                )
-            if self._dead_letter(status, losses, limit):
-                return None
-        reason = requeue_reason(status, losses, limit)
-        logger.warning("%s[%s]: %s", self.name, self.id, reason)
-        retries = int(self._request_dict.get("retries") or 0)
-        name, task_id = self.name, self.id
-        record_signals.guarded(
-            lambda url: records.record_retry(
-                url, task_id=task_id, name=name, error=reason, retries=retries
-            )
-        )()
-        # return_ok: the line above replaces Celery's "Task handler raised error" traceback;
-        # the message is requeued by Celery exactly as without this class.
-        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=True)
+        limit = get_settings().max_worker_lost
+        settled = settle_lost(_LostPoolChild(self), child_status(exc), limit)
+        if settled is Settled.DEAD_LETTERED:
+            return None
+        # Celery requeues the message exactly as without this class (or acks it, SUCCESS
+        # stored). return_ok: settle_lost's line replaces Celery's "Task handler raised
+        # error" traceback.
+        return super().on_failure(
+            exc_info,
+            send_failed_event=send_failed_event,
+            return_ok=return_ok or settled is Settled.REQUEUE,
+        )
 
     def _would_requeue_lost_child(self, exc: Any) -> bool:
         """A lost child that stock Celery would answer with a requeue."""
@@ -172,40 +235,18 @@ class Request(CountingRequest):
             return False  # Celery retries it itself, bounded by max_retries
         return bool(task.acks_late and task.reject_on_worker_lost)
 
+    def _success_was_stored(self) -> Any:
+        """Celery's check (5.7), made once per loss: settle_lost asks first, and Celery's
+        on_failure asks again to ack a task that stored SUCCESS."""
+        if "_stored_success" not in self.__dict__:
+            self._stored_success = super()._success_was_stored()
+        return self._stored_success
+
     def _success_stored(self) -> bool:
-        check = getattr(self, "_success_was_stored", None)  # Celery 5.7 has it
-        if check is None:
-            return False
         try:
-            return bool(check())
+            return bool(self._success_was_stored())
         except Exception:
             return False
-
-    def _dead_letter(self, status: str, losses: int, limit: int) -> bool:
-        """Keep the message as a dead letter, fail the task, ack; False if it was not kept."""
-        reason = give_up_reason(status, losses, limit)
-        raw, well_formed = raw_of(self._message)
-        queue = (self.delivery_info or {}).get("routing_key")
-        letter = deadletter.make(raw, reason, queue, self.id, self.name, requeueable=well_formed)
-        try:
-            with self._message.channel.conn_or_acquire() as client:
-                deadletter.store(client, letter)
-                forget_losses(client, self.id)
-        except Exception as error:
-            logger.error(
-                "%s[%s]: %s; but the dead letter could not be stored (%s), so it is requeued",
-                self.name,
-                self.id,
-                reason,
-                one_line(error),
-            )
-            return False
-        logger.error("%s[%s]: %s", self.name, self.id, reason)
-        worker_state.task_ready(self)
-        self._fail(WorkerLostError(reason.removeprefix("WorkerLostError: ")))
-        self.acknowledge()
-        counters.count("failed", reason)
-        return True
 
     def _fail(self, exc: WorkerLostError) -> None:
         """The FAILURE result (for waiting callers) and the task_failure signal (records)."""
@@ -230,3 +271,42 @@ class Request(CountingRequest):
             )
         finally:
             self.task.request_stack.pop()
+
+
+class _LostPoolChild:
+    """A prefork task whose pool child died, settled from the worker's main process
+    through its Request (the message's own channel)."""
+
+    process = "pool child"
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.task_id: str = request.id
+        self.name: str = request.name
+        self.retries = int(request._request_dict.get("retries") or 0)
+
+    def success_stored(self) -> bool:
+        return self.request._success_stored()
+
+    def count_loss(self) -> int:
+        with self.request._message.channel.conn_or_acquire() as client:
+            return count_loss(client, self.task_id)
+
+    def keep_dead_letter(self, reason: str) -> bool:
+        request = self.request
+        raw, well_formed = raw_of(request._message)
+        queue = (request.delivery_info or {}).get("routing_key")
+        letter = deadletter.make(
+            raw, reason, queue, self.task_id, self.name, requeueable=well_formed
+        )
+        with request._message.channel.conn_or_acquire() as client:
+            deadletter.store(client, letter)
+            forget_losses(client, self.task_id)
+        return True
+
+    def give_up(self, reason: str) -> None:
+        request = self.request
+        worker_state.task_ready(request)
+        request._fail(WorkerLostError(reason.removeprefix("WorkerLostError: ")))
+        request.acknowledge()
+        counters.count("failed", reason)

@@ -34,6 +34,10 @@ from appliance.core import constants as C
 
 logger = logging.getLogger("appliance.recycling")
 
+# The exit code of a pool child or a consumer process that retires: billiard's, which its
+# pool replaces without a word, and the consumers' parent reads as "retired" likewise.
+EX_RECYCLE = 0x9B
+
 _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
 

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback
+from celery.exceptions import Retry
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
@@ -57,9 +59,10 @@ class CountingRequest(Request):  # type: ignore[misc]
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> Any:
         exc = getattr(exc_info, "exception", None)
-        exc = getattr(exc, "exc", exc)  # unwrap billiard's ExceptionWithTraceback
+        if isinstance(exc, ExceptionWithTraceback):  # as a pool child sends it back
+            exc = exc.exc
         name = type(exc).__name__
-        counters.count("retried" if name == "Retry" else "failed", f"{name}: {exc}")
+        counters.count("retried" if isinstance(exc, Retry) else "failed", f"{name}: {exc}")
         return super().on_failure(
             exc_info, send_failed_event=send_failed_event, return_ok=return_ok
         )

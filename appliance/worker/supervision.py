@@ -25,6 +25,7 @@ from celery.worker import state as worker_state
 from appliance.core import constants as C
 from appliance.records import signals as record_signals
 from appliance.worker import heartbeat
+from appliance.worker.consumers import process as consumer_process
 from appliance.worker.sdnotify import Notifier, scrub_child_environment, watchdog_interval
 from appliance.worker.stats import counters
 
@@ -40,7 +41,8 @@ BRPOP_GRACE_SECONDS = 5.0
 
 @dataclass
 class Supervision:
-    """Captured once in the main process before the pool forks (children see none of it)."""
+    """Captured once in the main process before the pool forks (children see none of it);
+    a consumer process has its own (see :func:`current`)."""
 
     group: str = "default"
     queues: list[str] = field(default_factory=list)
@@ -66,7 +68,14 @@ class Supervision:
         return found
 
 
+# The unit's, captured by the worker's main process (appliance.worker.launch.run_worker).
 supervision = Supervision()
+
+
+def current() -> Supervision:
+    """This process's supervision: a consumer process's own (its notifier reports to the
+    consumers' parent, which speaks to systemd), else the unit's."""
+    return consumer_process.current().supervision or supervision
 
 
 def broker_progressing(consumer: Any, now: float | None = None) -> bool:
@@ -88,7 +97,7 @@ def broker_progressing(consumer: Any, now: float | None = None) -> bool:
 
 def status_line(hostname: str) -> str:
     line = (
-        f"{hostname}: consuming {','.join(supervision.queues)}; "
+        f"{hostname}: consuming {','.join(current().queues)}; "
         f"done {counters.done} (failed {counters.failed}, retried {counters.retried}), "
         f"active {counters.active}"
     )
@@ -111,12 +120,11 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._samples: deque[tuple[float, int, int]] = deque()
 
     def start(self, consumer: Any) -> None:
-        from appliance.broker import transport as broker_transport
-
         self._load_revokes()
+        supervision = current()
         # Tasks has started consuming: that is what READY means here.
         supervision.notifier.ready(status_line(self._hostname))
-        if broker_transport.deliver_from_loop:
+        if consumer_process.current().is_consumer:
             # A consumer process runs its tasks in the loop's thread: a long task would
             # hold the heartbeat back past its TTL, and the node would look gone.
             self._beat_thread(consumer)
@@ -185,7 +193,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _ping(self, consumer: Any) -> None:
         if broker_progressing(consumer):
-            supervision.notifier.watchdog()
+            current().notifier.watchdog()
         else:
             logger.warning("broker connection is not making progress: watchdog ping withheld")
 
@@ -196,7 +204,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
             # Through Sentinel for sentinel:// URLs: heartbeats follow a failover.
             self._client = connect(
-                supervision.broker_url,
+                current().broker_url,
                 get_settings().redis_sentinel_master,
                 socket_timeout=2,
                 socket_connect_timeout=2,
@@ -205,6 +213,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         return self._client
 
     def _beat(self, consumer: Any) -> None:
+        supervision = current()
         supervision.notifier.status(status_line(self._hostname))
         now = time.monotonic()
         self._samples.append((now, counters.done, counters.failed))
@@ -238,6 +247,7 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
 def on_shutting_down(**_: Any) -> None:
     """SIGTERM: tell systemd we are stopping and may take up to the stop timeout to drain."""
+    supervision = current()
     extend = supervision.stop_timeout * 1_000_000 if supervision.stop_timeout else None
     active = len(worker_state.active_requests)
     supervision.notifier.stopping(f"draining {active} running task(s)", extend_usec=extend)

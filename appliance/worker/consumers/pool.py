@@ -8,129 +8,46 @@ split between this module, in each consumer, and its supervising parent
 
 - soft time limit: here, a ``SIGALRM`` timer raises ``SoftTimeLimitExceeded`` in the
   task, as billiard's signal does in a prefork child;
-- hard time limit, lost consumers, respawning: the parent, told by :class:`ParentLink`
-  which message each consumer holds and since when (one pipe write per task);
+- hard time limit, lost consumers, respawning: the parent, told which message each
+  consumer holds and since when (two reports per task,
+  :mod:`appliance.worker.consumers.protocol`);
 - recycling by task count and unique memory: here, after each task and before its ack
   (:mod:`appliance.worker.recycling`'s policy): the ack then fetches nothing more and the
-  consumer exits with :data:`EX_RECYCLE`; its successor, forked a few tasks before a
-  task-count retirement, waits started at its gate and consumes from that moment.
+  consumer exits with :data:`~appliance.worker.recycling.EX_RECYCLE`; its successor,
+  forked a few tasks before a task-count retirement, waits started at its gate and
+  consumes from that moment.
+
+What the pool knows of its process (the parent link, the recycling limits, what a task's
+ack carries) is :func:`appliance.worker.consumers.process.current`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from celery.concurrency import solo
 from celery.exceptions import SoftTimeLimitExceeded, WorkerShutdown, WorkerTerminate
 from celery.worker import state as worker_state
 
-from appliance.broker import transport as broker_transport
-from appliance.worker.recycling import RecyclePolicy, jittered_limit
-from appliance.worker.sdnotify import Notifier
+from appliance.worker.consumers import process as consumer_process
+from appliance.worker.consumers import protocol
+from appliance.worker.recycling import EX_RECYCLE, RecyclePolicy, jittered_limit
 
 logger = logging.getLogger("appliance.consumer")
 
-# billiard's exit code for a child that retires (the parent replaces it without a word).
-EX_RECYCLE = 0x9B
 # How many tasks before a task-count retirement its successor is forked (at most a
 # tenth of the limit; none below 10).
 SUCCESSOR_LEAD_TASKS = 200
-
-
-def select_pool() -> list[str]:
-    """Register this pool as Celery's ``custom`` pool; the worker arguments that pick it."""
-    from celery import concurrency
-
-    concurrency.ALIASES["custom"] = f"{__name__}:TaskPool"
-    return ["--pool", "custom"]
-
-
-@dataclass(frozen=True)
-class ConsumerLimits:
-    """Recycling limits of a consumer; set by the parent before it forks."""
-
-    max_tasks: int | None = None
-    max_memory_kib: int | None = None
-
-
-limits = ConsumerLimits()
-
-
-class ParentLink:
-    """Lines to the supervising parent through a pipe (each write is atomic, < PIPE_BUF).
-
-    ``R`` consuming; ``W`` the event loop turned and the broker connection progresses;
-    ``S <tag> <hard limit s> <task id> <name>`` a task starts; ``E <tag or ->`` it is
-    done and acked, and the consumer now holds the message with that tag (the ack fetched
-    it) or none; ``P`` it retires in a few tasks (fork the successor, held at its gate);
-    ``X`` it retires now (let the successor consume, or fork one).
-
-    *gate_fd* (a successor's): after reporting ``R`` it waits there, started but not
-    fetching, until the parent closes the other end.
-    """
-
-    def __init__(self, fd: int, gate_fd: int = -1) -> None:
-        self._fd = fd
-        self._gate_fd = gate_fd
-
-    def send(self, line: str) -> None:
-        with contextlib.suppress(OSError):  # the parent is gone: PDEATHSIG ends us
-            os.write(self._fd, line.encode()[:500] + b"\n")
-
-    def wait_at_gate(self) -> None:
-        if self._gate_fd < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.read(self._gate_fd, 1)  # EOF: go (the parent opened it, stops or is gone)
-            os.close(self._gate_fd)
-        self._gate_fd = -1
-
-
-link: ParentLink | None = None
 
 
 def retiring() -> bool:
     """This consumer process retires (recycling): the unit, and its node's heartbeat key,
     live on in its successor."""
     return bool(worker_state.should_stop == EX_RECYCLE)
-
-
-class LinkNotifier(Notifier):
-    """The consumer's stand-in for :class:`appliance.worker.sdnotify.Notifier`: the supervision
-    step's READY and WATCHDOG reach the parent, which speaks to systemd for the unit."""
-
-    def __init__(self) -> None:
-        super().__init__("")
-
-    @property
-    def enabled(self) -> bool:
-        return True
-
-    def ready(self, status: str | None = None) -> bool:
-        if link is not None:
-            link.send("R")
-            link.wait_at_gate()  # a successor: until its predecessor retires
-        return True
-
-    def watchdog(self) -> bool:
-        if link is not None:
-            link.send("W")
-        return True
-
-    def status(self, text: str) -> bool:
-        return True
-
-    def stopping(self, status: str | None = None, extend_usec: int | None = None) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 def share_rate_limits(app: Any, consumers: int) -> None:
@@ -156,6 +73,8 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_apply = self._apply
+        self.process_state = consumer_process.current()
+        limits = self.process_state.limits
         self.policy = RecyclePolicy(
             jittered_limit(limits.max_tasks) if limits.max_tasks else None,
             limits.max_memory_kib or None,
@@ -179,10 +98,13 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
         timeout: float | None = None,
         **options: Any,
     ) -> None:
+        state = self.process_state
+        link = state.link
         request = args[2] if len(args) > 2 and isinstance(args[2], dict) else {}
-        tag = str((request.get("properties") or {}).get("delivery_tag") or "-")
+        tag = str((request.get("properties") or {}).get("delivery_tag") or protocol.NO_TAG)
+        task_id = str(args[1])
         if link is not None:
-            link.send(f"S {tag} {timeout or 0:g} {args[1]} {args[0]}")
+            link.send(protocol.started(tag, float(timeout or 0), task_id, str(args[0])))
         if soft_timeout:
             signal.setitimer(signal.ITIMER_REAL, float(soft_timeout))
 
@@ -190,21 +112,21 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
             signal.setitimer(signal.ITIMER_REAL, 0)  # never inside the ack
             self.tasks_done += 1
             if self.tasks_done == self._successor_at and link is not None:
-                link.send("P")
+                link.send(protocol.Report(protocol.Kind.RETIRING_SOON))
             self._maybe_retire()
             if callback is not None:
                 callback(result)
 
-        broker_transport.last_fetched_tag = None
-        broker_transport.task_begins(str(args[1]))
+        state.ack.fetched_tag = None
+        state.task_begins(task_id)
         try:
             self._run(target, args, kwargs or {}, done, accept_callback)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            broker_transport.task_ends()
+            state.task_ends()
             if link is not None:
-                link.send(f"E {broker_transport.last_fetched_tag or '-'}")
-        if retiring() and not broker_transport.acks_owed:
+                link.send(protocol.ended(state.ack.fetched_tag))
+        if retiring() and not state.ack.owed:
             self._retire_now()
 
     def _retire_now(self) -> None:
@@ -242,10 +164,11 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
             return
         log = logger.warning if reason.kind == "memory" else logger.info
         log("replacing consumer %d: %s", os.getpid(), reason.describe())
-        broker_transport.fetch_on_ack = False  # this task's ack takes no next message
+        self.process_state.ack.fetch_on_ack = False  # this task's ack takes no next message
         worker_state.should_stop = EX_RECYCLE
-        if link is not None:
-            link.send("X")  # the parent lets the successor consume (or forks one) now
+        if self.process_state.link is not None:
+            # The parent lets the successor consume (or forks one) now.
+            self.process_state.link.send(protocol.Report(protocol.Kind.RETIRING))
 
     def _get_info(self) -> dict[str, Any]:
         info: dict[str, Any] = super()._get_info()

@@ -1,12 +1,13 @@
 """What the consumers' parent does with the message of a consumer that ended mid-task.
 
-The parent (:mod:`appliance.worker.consumers.supervisor`) knows, from its consumers' reports, which
-message each one holds. When one dies, is killed at its hard time limit or at the stop
-timeout, these functions settle that message at once, with the same outcomes as
-prefork's main process (:mod:`appliance.worker.lost` for lost children). Each opens its
-own short-lived connection: the parent keeps none open while it forks. A Redis that
-cannot be reached leaves the message unacked, so Redis hands it out again after the
-visibility timeout: slower, never lost.
+The parent (:mod:`appliance.worker.consumers.supervisor`) knows, from its consumers' reports,
+which message each one holds. When one dies, is killed at its hard time limit or at the
+stop timeout, :func:`settle_exit` settles that message at once, with the same outcomes as
+prefork's main process (a lost consumer by the same policy as a lost pool child,
+:func:`appliance.worker.lost.settle_lost`). Each settlement opens its own short-lived
+connection: the parent keeps none open while it forks. A Redis that cannot be reached
+leaves the message unacked, so Redis hands it out again after the visibility timeout:
+slower, never lost.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import cached_property
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
@@ -25,13 +27,9 @@ from appliance.config.settings import get_settings
 from appliance.core.text import one_line
 from appliance.records import signals as record_signals
 from appliance.records import store as records
-from appliance.worker.lost import (
-    count_loss,
-    forget_losses,
-    give_up_reason,
-    gives_up,
-    requeue_reason,
-)
+from appliance.worker.consumers.children import ConsumerProcess
+from appliance.worker.consumers.protocol import KilledFor
+from appliance.worker.lost import Settled, count_loss, forget_losses, settle_lost
 
 logger = logging.getLogger("appliance.consumers")
 
@@ -134,46 +132,72 @@ def terminated(tag: str, task_id: str, name: str) -> None:
 
 def consumer_lost(tag: str, task_id: str, name: str, status: str) -> None:
     """The consumer died in the task: requeue it, or dead-letter it at the bound."""
-    limit = get_settings().max_worker_lost
-    if _success_stored(task_id):
-        # Stored SUCCESS, then died before the ack: done, as Celery treats it.
-        try:
-            with _channel() as channel:
-                _ack(channel, tag)
-        except Exception as exc:
-            logger.warning("%s[%s]: message not acked (%s)", name, task_id, one_line(exc))
-        return
-    try:
-        with _channel() as channel:
-            losses = count_loss(channel.client, task_id)
-            held = _held(channel, tag)
-            if gives_up(losses, limit) and held is not None:
-                reason = give_up_reason(status, losses, limit)
-                raw, queue = held
-                letter = deadletter.make(raw, reason, queue, task_id, name, requeueable=True)
-                deadletter.store(channel.client, letter)
-                forget_losses(channel.client, task_id)
-                logger.error("%s[%s]: %s", name, task_id, reason)
-                _fail(task_id, name, WorkerLostError(reason.removeprefix("WorkerLostError: ")),
-                      reason)  # fmt: skip
-                _ack(channel, tag)
-                return
-    except Exception as exc:
-        logger.warning(
-            "consumer lost running %s[%s] (%s); the loss was not counted (%s)",
-            name,
-            task_id,
-            status,
-            one_line(exc),
-        )
+    with ExitStack() as stack:
+        lost = _LostConsumer(stack, tag, task_id, name)
+        settled = settle_lost(lost, status, get_settings().max_worker_lost)
+        if settled is Settled.SUCCEEDED:
+            lost.ack()
+    if settled in (Settled.UNCOUNTED, Settled.REQUEUE):
         requeue(tag, f"{name}[{task_id}] lost its consumer")
-        return
-    reason = requeue_reason(status, losses, limit)
-    logger.warning("%s[%s]: %s", name, task_id, reason)
-    retries = 0
-    record_signals.guarded(
-        lambda url: records.record_retry(
-            url, task_id=task_id, name=name, error=reason, retries=retries
-        )
-    )()
-    requeue(tag, f"{name}[{task_id}] lost its consumer")
+
+
+class _LostConsumer:
+    """A task whose consumer died, settled by the parent through one connection, opened
+    when first needed and closed by *stack*."""
+
+    process = "consumer"
+    retries = 0  # the parent knows no more of the task than its consumer's report
+
+    def __init__(self, stack: ExitStack, tag: str, task_id: str, name: str) -> None:
+        self._stack = stack
+        self.tag, self.task_id, self.name = tag, task_id, name
+
+    @cached_property
+    def _channel(self) -> Any:
+        return self._stack.enter_context(_channel())
+
+    def success_stored(self) -> bool:
+        return _success_stored(self.task_id)
+
+    def count_loss(self) -> int:
+        return count_loss(self._channel.client, self.task_id)
+
+    def keep_dead_letter(self, reason: str) -> bool:
+        held = _held(self._channel, self.tag)
+        if held is None:
+            return False  # no longer unacked: nothing to keep
+        raw, queue = held
+        letter = deadletter.make(raw, reason, queue, self.task_id, self.name, requeueable=True)
+        deadletter.store(self._channel.client, letter)
+        forget_losses(self._channel.client, self.task_id)
+        return True
+
+    def give_up(self, reason: str) -> None:
+        error = WorkerLostError(reason.removeprefix("WorkerLostError: "))
+        _fail(self.task_id, self.name, error, reason)
+        self.ack()
+
+    def ack(self) -> None:
+        try:
+            _ack(self._channel, self.tag)
+        except Exception as exc:
+            logger.warning("%s[%s]: message not acked (%s)", self.name, self.task_id, one_line(exc))
+
+
+def settle_exit(consumer: ConsumerProcess, code: int, how: str) -> None:
+    """Settle what a consumer that ended (exit *code*, *how* in billiard's words) ran and
+    held: by why the parent killed it, if it did."""
+    running, held = consumer.running, consumer.held
+    if running is not None:
+        if consumer.killed_for is KilledFor.TIME_LIMIT:
+            hard_time_limit_exceeded(running.tag, running.task_id, running.name,
+                                     running.hard_limit)  # fmt: skip
+        elif consumer.killed_for is KilledFor.REVOKED:
+            terminated(running.tag, running.task_id, running.name)
+        elif consumer.killed_for is KilledFor.STOP:
+            requeue(running.tag, f"{running.name}[{running.task_id}] killed at stop")
+        else:
+            consumer_lost(running.tag, running.task_id, running.name, how)
+    if held is not None and code < 0 and (running is None or held != running.tag):
+        # Killed: it could not restore what its last ack fetched, as a stop does.
+        requeue(held, "a message its ack had fetched")

@@ -18,7 +18,7 @@ max-tasks-per-child 100 costs about half the throughput, 10 over 90 %, with stal
 5. The new child's first prctl() through cffi builds cffi's C parser: 15-90 ms, every
    child. Only then does it report ready, so the slot was empty for 1-5 end to end.
 
-The fix is this subclass (selected by ``runtime.worker_argv``; nothing is patched): the
+The fix is this subclass (selected by ``launch.worker_argv``; nothing is patched): the
 child announces RETIRING just before its last result, so the main process gives it no
 more work and starts its successor at once, while it exits (1, and the empty slot); it
 polls for the count every millisecond; exits are watched through a pidfd, which turns
@@ -45,15 +45,15 @@ import time
 from typing import Any
 
 from billiard import pool as billiard_pool
-from billiard.pool import EX_RECYCLE, READY, RUN, TERMINATE
+from billiard.pool import READY, RUN, TERMINATE
 from billiard.util import get_pdeathsig
-from celery import concurrency
 from celery.concurrency import asynpool, prefork
 from celery.signals import worker_before_create_process
 
 from appliance.core import constants as C
 from appliance.core.exitcodes import SHUTDOWN_HUNG
 from appliance.worker.recycling import (
+    EX_RECYCLE,
     RecyclePolicy,
     RecycleReason,
     check_fresh_child,
@@ -65,15 +65,6 @@ logger = logging.getLogger("appliance.pool")
 # Child -> main process message: "the result that follows is my last". billiard uses
 # 0-4 and asynpool 15 (WORKER_UP).
 RETIRING = 16
-
-# Celery's documented hook for an out-of-tree pool is `--pool custom`.
-POOL_ALIAS = "custom"
-
-
-def select_pool() -> list[str]:
-    """Register this pool as Celery's ``custom`` pool; the worker arguments that pick it."""
-    concurrency.ALIASES[POOL_ALIAS] = f"{__name__}:TaskPool"
-    return ["--pool", POOL_ALIAS]
 
 
 class _AnnouncingQueue:

@@ -60,3 +60,19 @@ def test_a_value_that_is_not_json_is_overwritten(clean_redis: RedisServer) -> No
     client.set("celery-task-meta-t2", b"\x80not json")
     backend.store_result("t2", 1, "SUCCESS")
     assert backend.get_task_meta("t2")["result"] == 1
+
+
+def test_a_failure_keeps_result_failure_expires(clean_redis: RedisServer) -> None:
+    result_backend.install()
+    app = Celery("t", set_as_current=False, backend=clean_redis.backend_url)
+    app.conf.result_serializer = "json"
+    app.conf.result_expires = 3600
+    app.conf.result_failure_expires = 30
+    backend = app.backend
+    client = clean_redis.client(clean_redis.db + 1)
+
+    backend.store_result("ok", 1, "SUCCESS")
+    backend.store_result("bad", ValueError("no"), "FAILURE")
+
+    assert 30 < client.ttl("celery-task-meta-ok") <= 3600
+    assert 0 < client.ttl("celery-task-meta-bad") <= 30

@@ -42,3 +42,15 @@ def test_publish_stamps_enqueued_at() -> None:
     headers: dict[str, object] = {}
     signals._stamp_enqueued_at(headers=headers)
     assert isinstance(headers["enqueued_at"], float)
+
+
+def test_the_publish_time_comes_from_the_enqueued_at_header() -> None:
+    """Celery's request context carries a message's custom headers as attributes."""
+    from datetime import UTC, datetime
+
+    from celery.app.task import Context
+
+    stamped = Context({"id": "a", "task": "demo.add", "enqueued_at": 1_700_000_000.25})
+    assert signals._published_at(stamped) == datetime.fromtimestamp(1_700_000_000.25, UTC)
+    assert signals._published_at(Context({"id": "b", "task": "demo.add"})) is None  # stock
+    assert signals._published_at(Context({"id": "c", "enqueued_at": "garbage"})) is None

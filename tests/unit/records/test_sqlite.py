@@ -178,7 +178,7 @@ def test_a_late_retry_write_never_overwrites_the_next_attempts_final_state(db_ur
     assert record is not None and (record["status"], record["retries"]) == ("SUCCESS", 2)
 
 
-def _started(worker: str = "w1@host") -> dict[str, object]:
+def _started(worker: str = "w1@host", **overrides: object) -> dict[str, object]:
     return {
         "task_id": "d1",
         "name": "demo.add",
@@ -190,6 +190,7 @@ def _started(worker: str = "w1@host") -> dict[str, object]:
         "parent_id": None,
         "root_id": None,
         "started_at": store.now(),
+        **overrides,
     }
 
 
@@ -233,3 +234,44 @@ def test_a_long_task_shows_started_and_its_final_state_lands_last(db_url: str) -
     record = store.get_record(db_url, "d1")
     assert record is not None
     assert (record["status"], record["worker"]) == ("SUCCESS", "w1@host")
+
+
+@pytest.mark.parametrize("journal", [False, True], ids=["direct", "journal"])
+def test_a_foreign_producers_record_is_created_when_published_never_after_it_started(
+    db_url: str, journal: bool
+) -> None:
+    """A task with no PENDING record (a plain Celery client's) gets created_at from its
+    message (the enqueued_at header), else its start; never after started_at, not the time
+    of the (deferred) write. Also through the consumers' journal (datetimes round-trip)."""
+    from appliance.records import journal as record_journal
+
+    started_at = store.now() - timedelta(seconds=5)
+    published = started_at - timedelta(seconds=2)
+    ahead = started_at + timedelta(seconds=3)  # the publisher's clock runs ahead
+    for task_id, created_at in (("f1", published), ("f2", None), ("f3", ahead)):
+        started = _started(task_id=task_id, started_at=started_at, created_at=created_at)
+        kwargs = {"task_id": task_id, "name": "demo.add", "result": 3, "started": started}
+        if journal:
+            store.write_many(
+                db_url, [record_journal.decode(record_journal.encode("record_succeeded", kwargs))]
+            )
+        else:
+            store.record_succeeded(db_url, **kwargs)
+    records = {t: store.get_record(db_url, t) or {} for t in ("f1", "f2", "f3")}
+    assert {t: r["created_at"] for t, r in records.items()} == {
+        "f1": published.isoformat(),
+        "f2": started_at.isoformat(),
+        "f3": started_at.isoformat(),
+    }
+    store.record_started(db_url, **_started(task_id="f4", created_at=published))  # type: ignore[arg-type]
+    record = store.get_record(db_url, "f4")
+    assert record is not None and record["created_at"] == published.isoformat()
+    assert record["created_at"] <= record["started_at"]
+
+
+def test_a_published_record_keeps_its_created_at_when_the_task_starts(db_url: str) -> None:
+    store.record_published(db_url, task_id="p1", name="demo.add", args=[], kwargs={}, queue="q")
+    created = (store.get_record(db_url, "p1") or {})["created_at"]
+    earlier = store.now() - timedelta(days=1)
+    store.record_started(db_url, **_started(task_id="p1", created_at=earlier))  # type: ignore[arg-type]
+    assert (store.get_record(db_url, "p1") or {})["created_at"] == created

@@ -286,7 +286,7 @@ def _mailbox() -> tuple[str, str, str]:
 
 
 def _preloaded() -> bool:
-    names = _resolve("appliance.worker.consumers.supervisor:_WORKER_MODULES")
+    names = _resolve("appliance.worker.consumers.parent:_WORKER_MODULES")
     return all(importlib.util.find_spec(n) for n in names if not n.startswith("appliance."))
 
 

@@ -13,6 +13,7 @@ from billiard.pool import EX_RECYCLE, READY
 from billiard.queues import _SimpleQueue
 
 from appliance.config.settings import load_settings
+from appliance.worker import recycling
 from appliance.worker.launch import WorkerOptions, worker_argv
 from appliance.worker.prefork.pool import RETIRING, RecyclingWorker
 from appliance.worker.recycling import (
@@ -144,6 +145,12 @@ def test_the_child_says_retiring_before_its_last_result_then_exits() -> None:
     with pytest.raises(SystemExit) as exited:
         worker.wait_for_job()
     assert exited.value.code == EX_RECYCLE
+
+
+def test_a_retiring_child_exits_with_billiards_code_on_both_topologies() -> None:
+    # billiard replaces a prefork child that exits with it without a word; the consumers'
+    # parent reads the same code as a consumer's retirement.
+    assert recycling.EX_RECYCLE == EX_RECYCLE
 
 
 def test_the_worker_runs_on_the_recycling_pool() -> None:

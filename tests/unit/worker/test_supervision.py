@@ -10,7 +10,7 @@ import pytest
 from celery.worker import state as worker_state
 
 from appliance.worker import heartbeat
-from appliance.worker.consumers.pool import EX_RECYCLE
+from appliance.worker.recycling import EX_RECYCLE
 from appliance.worker.supervision import SupervisionStep
 from tests.helpers.fake_redis import FakeRedis
 

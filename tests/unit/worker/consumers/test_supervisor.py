@@ -14,14 +14,16 @@ import pytest
 
 from appliance.broker.result_backend import databases_on_one_server
 from appliance.config.settings import load_settings
-from appliance.worker.consumers.supervisor import (
+from appliance.worker.consumers.children import (
     CONSUMER_SILENT_SECONDS,
     CONSUMER_START_SECONDS,
     ConsumerProcess,
-    Supervisor,
     exit_status,
 )
+from appliance.worker.consumers.process import ConsumerLimits
+from appliance.worker.consumers.supervisor import Supervisor
 from appliance.worker.launch import WorkerOptions, worker_argv
+from appliance.worker.recycling import EX_RECYCLE
 
 
 def _opt(argv: list[str], name: str) -> str | None:
@@ -100,14 +102,14 @@ def test_a_consumer_is_healthy_in_a_task_within_its_limit_or_while_it_reports() 
     busy = _consumer(sup, 0, 0.0)
     sup._report(busy, "S t 60 id n")
     busy.running.since = 0.0  # type: ignore[union-attr]
-    assert sup._healthy(busy, 60.0)  # a long task blocks its loop: not a stuck consumer
-    assert not sup._healthy(busy, 60.0 + CONSUMER_SILENT_SECONDS + 1)
+    assert busy.healthy(60.0)  # a long task blocks its loop: not a stuck consumer
+    assert not busy.healthy(60.0 + CONSUMER_SILENT_SECONDS + 1)
     idle = _consumer(sup, 1, 0.0)
-    assert sup._healthy(idle, CONSUMER_SILENT_SECONDS - 1)
-    assert not sup._healthy(idle, CONSUMER_SILENT_SECONDS + 1)
+    assert idle.healthy(CONSUMER_SILENT_SECONDS - 1)
+    assert not idle.healthy(CONSUMER_SILENT_SECONDS + 1)
     starting = _consumer(sup, 2, 0.0, ready=False)
-    assert sup._healthy(starting, CONSUMER_START_SECONDS - 1)
-    assert not sup._healthy(starting, CONSUMER_START_SECONDS + 1)
+    assert starting.healthy(CONSUMER_START_SECONDS - 1)
+    assert not starting.healthy(CONSUMER_START_SECONDS + 1)
 
 
 def test_watchdog_pings_only_while_every_consumer_is_healthy() -> None:
@@ -127,7 +129,7 @@ def test_watchdog_pings_only_while_every_consumer_is_healthy() -> None:
 def test_a_unit_short_of_a_consumer_gets_no_watchdog_ping() -> None:
     sup = _supervisor(count=2)
     _consumer(sup, 0, 0.0)
-    sup._told_ready = True
+    sup.unit.told_ready = True
     sup._supervise(1.0)
     assert "WATCHDOG" not in sup.notifier.sent
 
@@ -143,8 +145,9 @@ def test_a_consumer_that_never_starts_is_retried_with_a_pause_then_the_unit_give
         consumer = ConsumerProcess(0, 2000 + attempt, -1, forked_at=0.0)
         sup._exited(consumer, 78 << 8)  # exit code 78, before consuming
     assert forked == []  # never at once: after a pause
-    assert 0 in sup._respawn_at
-    assert stopped == [signal.SIGTERM] and sup._last_code == 78
+    assert 0 in sup.respawns.due
+    assert stopped == [signal.SIGTERM] and sup.respawns.last_code == 78
+    assert sup.respawns.exit_code() == 78
 
 
 def test_a_recycled_or_working_consumer_is_replaced_at_once(
@@ -152,10 +155,10 @@ def test_a_recycled_or_working_consumer_is_replaced_at_once(
 ) -> None:
     sup = _supervisor(count=1)
     forked = _record_forks(sup, monkeypatch)
-    sup._exited(ConsumerProcess(0, 1, -1, forked_at=0.0, ready=True), 0x9B << 8)  # EX_RECYCLE
+    sup._exited(ConsumerProcess(0, 1, -1, forked_at=0.0, ready=True), EX_RECYCLE << 8)
     worked = ConsumerProcess(0, 2, -1, forked_at=0.0, ready=True, done=5)
     sup._exited(worked, 1 << 8)
-    assert forked == [0, 0] and not sup._respawn_at
+    assert forked == [0, 0] and not sup.respawns.due
 
 
 def test_a_retiring_consumers_successor_is_forked_at_its_report_once(
@@ -168,12 +171,12 @@ def test_a_retiring_consumers_successor_is_forked_at_its_report_once(
     assert forked == [0] and retiring.retiring
     successor = ConsumerProcess(0, 3000, -1, forked_at=1.0, ready=True, last_report=1.0)
     sup.consumers[successor.pid] = successor
-    sup._told_ready = True
+    sup.unit.told_ready = True
     sup._supervise(1.5)  # three processes, two consumers: the watchdog is fed
     assert sup.notifier.sent[-1] == "WATCHDOG" and "2 consumer(s)" in sup.status_line()
     del sup.consumers[retiring.pid]
-    sup._exited(retiring, 0x9B << 8)  # its EX_RECYCLE: nothing more to fork
-    assert forked == [0] and not sup._respawn_at and other.index == 1
+    sup._exited(retiring, EX_RECYCLE << 8)  # nothing more to fork
+    assert forked == [0] and not sup.respawns.due and other.index == 1
 
 
 def test_exit_status_reads_like_billiards() -> None:
@@ -197,3 +200,47 @@ def test_results_ride_with_the_ack_only_on_the_brokers_own_server(
     broker: str, backend: str, expected: Any
 ) -> None:
     assert databases_on_one_server(broker, backend) == expected
+
+
+def test_a_consumer_past_its_hard_limit_is_killed_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.worker.consumers import kills
+    from appliance.worker.consumers.protocol import KilledFor
+
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: killed.append((pid, signum)))
+    sup = _supervisor()
+    slow, quick = _consumer(sup, 0, 0.0), _consumer(sup, 1, 0.0)
+    sup._report(slow, "S t1 10 id-1 demo.slow")
+    sup._report(quick, "S t2 0 id-2 demo.forever")  # no limit
+    slow.running.since = quick.running.since = 0.0  # type: ignore[union-attr]
+    kills.enforce_hard_limits(sup.consumers.values(), 10.0 + kills.HARD_LIMIT_GRACE_SECONDS)
+    assert killed == []  # within the grace
+    kills.enforce_hard_limits(sup.consumers.values(), 12.0)
+    kills.enforce_hard_limits(sup.consumers.values(), 13.0)  # killed once
+    assert killed == [(slow.pid, signal.SIGKILL)] and slow.killed_for is KilledFor.TIME_LIMIT
+    kills.enforce_stop_timeout(sup.consumers.values(), 10.0)
+    assert killed[-1] == (quick.pid, signal.SIGKILL) and quick.killed_for is KilledFor.STOP
+
+
+def test_the_first_consumer_to_consume_has_its_memory_checked_against_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from appliance.worker.consumers import supervisor
+
+    checked: list[tuple[int, int | None]] = []
+    monkeypatch.setattr(
+        supervisor, "check_fresh_child", lambda pid, kib: checked.append((pid, kib))
+    )
+    sup = _supervisor()
+    sup.limits = ConsumerLimits(max_tasks=100, max_memory_kib=200_000)
+    first, second = _consumer(sup, 0, 0.0, ready=False), _consumer(sup, 1, 0.0, ready=False)
+    sup._report(first, "R")
+    sup._report(second, "R")
+    assert checked == [(first.pid, 200_000)] and first.ready and second.ready
+
+
+def test_a_line_that_is_no_report_still_shows_the_consumer_alive() -> None:
+    sup = _supervisor()
+    consumer = _consumer(sup, 0, 0.0)
+    sup._report(consumer, "S garbled")
+    assert consumer.running is None and consumer.last_report > 0.0

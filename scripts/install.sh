@@ -53,7 +53,8 @@ CRON_FILE=/etc/cron.d/appliance-healthcheck
 USER_NAME=appliance
 DEFAULT_TIME_LIMIT=360
 STOP_MARGIN=30
-DEFAULT_GROUPS="default=default,high,low"
+# "celery" is Celery's own default queue: plain Celery clients (no appliance import) send there.
+DEFAULT_GROUPS="default=default,high,low,celery"
 # The lock of the runtime dependencies, with hashes (`make lock`); a wheelhouse carries its own.
 CHECKOUT_LOCK=$CHECKOUT/requirements/runtime.txt
 WHEELHOUSE_LOCK=requirements.txt

@@ -11,28 +11,49 @@ from appliance.cli.context import CliContext, echo_json, pass_cli
 
 
 def _snapshot(cli: CliContext) -> dict[str, Any]:
-    from appliance.health.queues import queue_stats, unacked_stats
+    from appliance.health.checks import read_heartbeats
+    from appliance.health.queues import (
+        consuming_groups,
+        queue_stats,
+        unacked_stats,
+        unconsumed_message,
+        unconsumed_queues,
+    )
     from appliance.health.resp import Resp, RespConnectionError, RespError
 
     settings = cli.settings
     now = time.time()
     try:
         with Resp(settings.broker_url) as conn:
-            return {
-                "queues": queue_stats(conn, settings.queues, now),
-                "unacked": unacked_stats(conn, now),
-            }
+            beats = read_heartbeats(conn)
+            # Non-empty queue lists no worker group consumes (configured or bound by kombu).
+            unconsumed = unconsumed_queues(conn, settings.queues, settings.worker_groups, beats)
+            extra = [u["queue"] for u in unconsumed if not u["configured"]]
+            stats = queue_stats(conn, [*settings.queues, *extra], now)
+            unacked = unacked_stats(conn, now)
     except (RespConnectionError, RespError) as exc:
         from appliance.broker.admin import unavailable
 
         raise unavailable(settings, exc) from None
+    consumers = consuming_groups(settings.worker_groups, beats)
+    for stat in stats:
+        stat["consumed_by"] = consumers.get(stat["queue"], [])
+        stat["configured"] = stat["queue"] in settings.queues
+    return {
+        "queues": stats,
+        "unacked": unacked,
+        "warnings": [
+            unconsumed_message(u, settings.queues, settings.worker_groups) for u in unconsumed
+        ],
+    }
 
 
 @click.group("queues", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
 def queues(ctx: click.Context, as_json: bool) -> None:
-    """Show each queue's depth (all priorities), its oldest message's age, and unacked."""
+    """Show each queue's depth (all priorities), its oldest message's age, the worker groups
+    consuming it, and unacked; warn about waiting messages that no worker group consumes."""
     if ctx.invoked_subcommand is not None:
         return
     cli = ctx.find_object(CliContext)
@@ -49,15 +70,19 @@ def queues(ctx: click.Context, as_json: bool) -> None:
             q["depth"],
             " ".join(f"p{p}:{n}" for p, n in q["by_priority"].items() if n),
             f"{q['oldest_age']:.0f}s",
+            ",".join(q["consumed_by"]) or "(none)",
         ]
         for q in data["queues"]
     ]
-    click.echo(tabulate(rows, headers=["queue", "depth", "by priority", "oldest"]))
+    headers = ["queue", "depth", "by priority", "oldest", "consumed by"]
+    click.echo(tabulate(rows, headers=headers))
     unacked = data["unacked"]
     click.echo(
         f"\nunacked (taken by workers, not yet acknowledged): {unacked['count']}, "
         f"oldest {unacked['oldest_age']:.0f}s"
     )
+    for warning in data["warnings"]:
+        click.echo(f"appliance: warning: {warning}", err=True)
 
 
 @queues.command("purge")

@@ -11,9 +11,13 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RESULT_DB = 1
 
 # Queues every install has; routes and worker groups refer to these by name.
-DEFAULT_QUEUES = ("default", "high", "low")
+# "celery" is Celery's own default queue (exchange "celery", routing key "celery"): a
+# plain Celery client that knows nothing of the appliance sends there, so the default
+# group consumes it too. The appliance's own publishers keep DEFAULT_QUEUE.
+CELERY_DEFAULT_QUEUE = "celery"
+DEFAULT_QUEUES = ("default", "high", "low", CELERY_DEFAULT_QUEUE)
 DEFAULT_QUEUE = "default"
-DEFAULT_WORKER_GROUPS = "default=default,high,low"
+DEFAULT_WORKER_GROUPS = "default=" + ",".join(DEFAULT_QUEUES)
 
 # Time limits (seconds). The hard limit kills a runaway child; the soft one lets the
 # task clean up first. The visibility timeout must exceed the hard limit, else kombu

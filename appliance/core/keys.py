@@ -57,6 +57,11 @@ UNACKED_KEY = "unacked"
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 UNACKED_INDEX_KEY = "unacked_index"
+# kombu's bindings: one set per exchange (``_kombu.binding.<exchange>``), members
+# "routing_key<sep>pattern<sep>queue": the queue lists producers and workers declared
+# (appliance health: queues no worker group consumes).
+KOMBU_BINDING_PATTERN = "_kombu.binding.*"
+KOMBU_BINDING_SEP = "\x06\x16"
 
 # Replies to `celery inspect`/`control` broadcasts: kombu's reply lists, one per caller;
 # left behind when a caller dies before it reads them.

@@ -10,7 +10,7 @@ from appliance.broker.acl import acl_user, grant, is_noperm
 from appliance.core import keys
 from appliance.core.text import mask_url
 from appliance.health.config import HealthConfig
-from appliance.health.queues import check_queues, check_unacked
+from appliance.health.queues import check_queues, check_unacked, check_unconsumed
 from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
 from appliance.health.verdict import CRITICAL, OK, WARNING, Check, measured
 
@@ -249,7 +249,9 @@ def run_redis_checks(cfg: HealthConfig) -> list[Check]:
             checks = check_redis(cfg, conn, now)
             checks += check_queues(cfg, conn, now)
             checks += check_unacked(cfg, conn, now)
-            checks += check_workers(cfg, read_heartbeats(conn), now)
+            beats = read_heartbeats(conn)
+            checks += check_workers(cfg, beats, now)
+            checks += check_unconsumed(cfg, conn, beats)
             checks += check_record_journal(conn, now)
             checks += check_beat(cfg, conn, now)
             checks += check_pidbox(cfg, conn, now)

@@ -135,7 +135,7 @@ def test_target_starts_worker_and_beat_active_only_after_ready(installed: Machin
         active = int(m.show(unit, "ActiveEnterTimestampMonotonic"))
         assert active - started > 500_000, "active before the process could have said READY"
     status = m.show(WORKER, "StatusText")  # sent by the worker itself with READY=1
-    assert status.startswith("default@") and ": consuming default,high,low" in status
+    assert status.startswith("default@") and ": consuming default,high,low,celery" in status
     assert m.show(BEAT, "StatusText").startswith("leader")
     assert m.show(WORKER, "WatchdogUSec") == "1min"
 

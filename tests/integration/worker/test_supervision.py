@@ -56,7 +56,7 @@ def test_ready_watchdog_status_and_stopping(
         gaps = [b - a for a, b in itertools.pairwise(pings)]
         assert max(gaps) < WATCHDOG_USEC / 1e6, gaps  # systemd would never time out
         status = peer.values("STATUS")
-        assert any("consuming default,high,low" in s and "done 0" in s for s in status)
+        assert any("consuming default,high,low,celery" in s and "done 0" in s for s in status)
         code = worker.terminate(timeout=60)
     finally:
         worker.kill()
@@ -181,7 +181,8 @@ def test_heartbeat_key_reports_the_node_and_disappears_on_clean_stop(
             "a heartbeat with counts",
         )
         (beat,) = beats
-        assert beat["group"] == "default" and beat["queues"] == ["default", "high", "low"]
+        assert beat["group"] == "default"
+        assert beat["queues"] == ["default", "high", "low", "celery"]
         assert (beat["succeeded"], beat["failed"]) == (1, 1)
         assert "unknown operation" in beat["last_error"]
         # The worker's main process, or the consumer that writes it (consumers topology).

@@ -70,3 +70,17 @@ def test_chords_work_and_report_failed_members(config: dict) -> None:
     # Chords need a result backend whose results outlive the header (never 0: #5237).
     assert config["result_backend"].startswith("redis://") and config["result_expires"] > 0
     assert config["task_allow_error_cb_on_chord_header"] is True
+
+
+def test_the_default_group_consumes_celerys_own_default_queue(config: dict) -> None:
+    """A plain Celery client (no appliance import) sends to Celery's default queue: the
+    default install declares that queue exactly as Celery does and consumes it."""
+    from celery import Celery
+
+    stock = Celery(broker="memory://").amqp.queues[Celery().conf.task_default_queue]
+    ours = {q.name: q for q in config["task_queues"]}[stock.name]
+    declared = (ours.exchange.name, ours.exchange.type, ours.routing_key)
+    assert declared == (stock.exchange.name, stock.exchange.type, stock.routing_key)
+    assert declared == ("celery", "direct", "celery")
+    assert stock.name in load_settings().worker_groups["default"]
+    assert config["task_default_queue"] == "default"  # appliance.submit's own default

@@ -17,7 +17,9 @@ def test_defaults_give_a_local_redis_and_sqlite_in_the_state_dir(isolated_env: P
     assert settings.effective_result_backend == "redis://127.0.0.1:6379/1"
     assert settings.effective_database_url == f"sqlite:///{settings.state_dir}/appliance.db"
     assert settings.record_retention_days == 30
-    assert settings.worker_groups == {"default": ["default", "high", "low"]}
+    # "celery": Celery's own default queue, where a plain Celery client sends.
+    assert settings.worker_groups == {"default": ["default", "high", "low", "celery"]}
+    assert settings.default_queue == "default"
 
 
 def test_result_backend_defaults_to_db_1_of_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from appliance.records import schema, store
 from appliance.records.db import session_scope
 from appliance.records.models import TaskRecord
 from appliance.recovery import reconcile as R
+from appliance.recovery import redis_view
 from tests.helpers.fake_redis import FakeRedis
 
 
@@ -42,8 +43,8 @@ class FakeBroker:
         self.before_publish: Callable[[], None] | None = None
         self.closed = False
 
-    def lock(self) -> R.Lock:
-        return Lease(self.redis, keys.RECONCILE_LOCK_KEY, R.LOCK_TTL_SECONDS)  # type: ignore[arg-type]
+    def lock(self) -> redis_view.Lock:
+        return Lease(self.redis, keys.RECONCILE_LOCK_KEY, redis_view.LOCK_TTL_SECONDS)  # type: ignore[arg-type]
 
     def message_ids(self, queues: Sequence[str]) -> set[str]:
         self.scans += 1
@@ -261,7 +262,8 @@ def test_the_records_queues_are_scanned_besides_the_configured_ones(settings: Se
     _pending(settings, "old-queue", queue="retired")
     broker = FakeBroker()
     _run(settings, broker)
-    assert broker.scanned_queues == ["default", "high", "low", "retired"]
+    assert broker.scanned_queues == [*settings.queues, "retired"]
+    assert "retired" not in settings.queues
 
 
 def test_a_dry_run_publishes_nothing_and_takes_no_lock(
@@ -314,9 +316,9 @@ def test_an_empty_run_touches_no_broker(settings: Settings) -> None:
 
 def test_unacked_values_name_their_task() -> None:
     raw = json.dumps([{"headers": {"id": "t1"}, "body": "e30="}, "default", "default"])
-    assert R._unacked_task_id(raw.encode()) == "t1"
-    assert R._unacked_task_id(b"garbage") is None
-    assert R._unacked_task_id(b"[]") is None
+    assert redis_view.unacked_task_id(raw.encode()) == "t1"
+    assert redis_view.unacked_task_id(b"garbage") is None
+    assert redis_view.unacked_task_id(b"[]") is None
 
 
 def test_the_report_as_json_and_text(settings: Settings) -> None:

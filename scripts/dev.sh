@@ -59,6 +59,7 @@ if [ "$MODE" = "test" ]; then
     # debootstrap + systemd-nspawn to boot a real systemd (tests/system).
     command -v systemd-analyze >/dev/null || apt_install systemd
     command -v shellcheck >/dev/null || apt_install shellcheck
+    command -v promtool >/dev/null || apt_install prometheus  # promtool: `health` metrics lint
     if [ "$(id -u)" -eq 0 ]; then
         command -v debootstrap >/dev/null || apt_install debootstrap
         command -v systemd-nspawn >/dev/null || apt_install systemd-container

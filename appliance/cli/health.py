@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from typing import NoReturn
 
 import click
 
@@ -80,31 +82,58 @@ def health(
     from appliance.errors import ApplianceError
     from appliance.health import output
     from appliance.health.config import load_health_config
-    from appliance.health.run import run_checks
+    from appliance.health.run import run_health
 
+    fmt = "json" if as_json else fmt
     overrides = {name: (warn.get(name), crit.get(name)) for name in set(warn) | set(crit)}
+    metrics_wanted = bool(textfile) or fmt == "prometheus"
+    started = time.time()
     try:
-        checks = run_checks(load_health_config(overrides), with_database=with_database)
+        cfg = load_health_config(overrides)
+        run = run_health(cfg, with_database=with_database, for_metrics=metrics_wanted)
         if textfile:
             from prometheus_client import write_to_textfile
 
-            write_to_textfile(textfile, output.prometheus(checks))
+            from appliance.health.metrics import previous_checks
+
+            previous = previous_checks(textfile) if not run.reached_redis else []
+            write_to_textfile(textfile, output.prometheus(cfg, run, previous))
     except ApplianceError as exc:
-        click.echo(f"APPLIANCE UNKNOWN - {exc}")
-        sys.exit(_UNKNOWN)
+        _unknown(str(exc), fmt, textfile, started)
     except Exception as exc:  # the checker's own failure: Nagios UNKNOWN, never a traceback
-        click.echo(f"APPLIANCE UNKNOWN - health check failed: {type(exc).__name__}: {exc}")
-        sys.exit(_UNKNOWN)
-    fmt = "json" if as_json else fmt
+        _unknown(f"health check failed: {type(exc).__name__}: {exc}", fmt, textfile, started)
     if fmt == "json":
-        click.echo(output.as_json(checks))
+        click.echo(output.as_json(run.checks))
     elif fmt == "prometheus":
         from prometheus_client import generate_latest
 
-        click.echo(generate_latest(output.prometheus(checks)).decode(), nl=False)
+        click.echo(generate_latest(output.prometheus(cfg, run)).decode(), nl=False)
     else:
-        click.echo(output.nagios(checks))
-    sys.exit(output.overall(checks))
+        click.echo(output.nagios(run.checks))
+    sys.exit(output.overall(run.checks))
+
+
+def _unknown(message: str, fmt: str, textfile: str | None, started: float) -> NoReturn:
+    """Exit 3. A textfile is rewritten to say so (status 3 for every check it named, no
+    stale value); --format prometheus prints the same metrics and the message on stderr."""
+    line = f"APPLIANCE UNKNOWN - {message}"
+    if textfile or fmt == "prometheus":
+        from prometheus_client import generate_latest, write_to_textfile
+
+        from appliance.health import metrics
+
+        if textfile:
+            try:
+                previous = metrics.previous_checks(textfile)
+                write_to_textfile(textfile, metrics.unknown(previous, started))
+            except OSError as exc:
+                line += f" (and the textfile was not written: {exc})"
+        if fmt == "prometheus":
+            click.echo(line, err=True)
+            click.echo(generate_latest(metrics.unknown((), started)).decode(), nl=False)
+            sys.exit(_UNKNOWN)
+    click.echo(line)
+    sys.exit(_UNKNOWN)
 
 
 COMMANDS = [health]

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from appliance.health.verdict import OK, STATUS_NAMES, Check
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from appliance.health.config import HealthConfig
+    from appliance.health.run import HealthRun
 
 
 def overall(checks: list[Check]) -> int:
@@ -64,33 +70,11 @@ def as_json(checks: list[Check]) -> str:
     return json.dumps(data, indent=2, sort_keys=True)
 
 
-def _metric_name(name: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+def prometheus(
+    cfg: HealthConfig, run: HealthRun, previous: Iterable[str] = ()
+) -> CollectorRegistry:
+    """A prometheus_client registry holding the results (for text output or a textfile);
+    see appliance.health.metrics (imported here only, so the Nagios path never loads it)."""
+    from appliance.health import metrics
 
-
-def prometheus(checks: list[Check]) -> Any:
-    """A prometheus_client registry holding the results (for text output or a textfile)."""
-    from prometheus_client import CollectorRegistry, Gauge
-
-    registry = CollectorRegistry()
-    overall_gauge = Gauge(
-        "appliance_health_status", "Overall status: 0 OK, 1 WARNING, 2 CRITICAL", registry=registry
-    )
-    overall_gauge.set(overall(checks))
-    status = Gauge(
-        "appliance_check_status",
-        "Check status: 0 OK, 1 WARNING, 2 CRITICAL",
-        ["check"],
-        registry=registry,
-    )
-    value = Gauge(
-        "appliance_check_value",
-        "Measured value of a check, in its unit",
-        ["check", "unit"],
-        registry=registry,
-    )
-    for c in checks:
-        status.labels(_metric_name(c.name)).set(c.status)
-        if c.value is not None:
-            value.labels(_metric_name(c.name), c.uom or "count").set(c.value)
-    return registry
+    return metrics.measured(cfg, run, overall(run.checks), previous)

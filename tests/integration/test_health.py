@@ -22,6 +22,7 @@ from appliance.records import store
 from tests.helpers.processes import ApplianceProcess, run_cli, wait_until
 from tests.helpers.redis_server import RedisServer, local_redis_server
 from tests.integration.conftest import WorkerFactory
+from tests.unit.health.promtool import check_metrics
 
 
 @pytest.fixture
@@ -250,6 +251,111 @@ def test_textfile_parses_with_prometheus_client(health_env: dict[str, str], tmp_
     assert checks["workers_default"] == 2
     code, out = health(health_env, "--format", "prometheus")
     assert "appliance_check_value" in out
+
+
+def metric_samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """{sample name: {sorted label pairs: value}} of a Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_prometheus_metrics_of_a_real_worker_pass_promtool(
+    health_env: dict[str, str], start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    start_worker(health_env, "-c", "1")
+    assert (
+        run_cli(health_env, "submit", "demo.add", "--args", "[2, 3]", "--wait", "30").returncode
+        == 0
+    )
+    run_cli(health_env, "submit", "demo.calculate", "--args", '[1, 2, "nope"]', "--wait", "30")
+    retried = ["--kwargs", '{"fail_times": 1, "countdown": 0.1}', "--wait", "30"]
+    assert run_cli(health_env, "submit", "demo.retry_manual", *retried).returncode == 0
+
+    def counted() -> dict[str, float]:
+        found = metric_samples(health(health_env, "--format", "prometheus")[1])
+        totals: dict[str, float] = {}
+        for labels, value in found.get("appliance_tasks_total", {}).items():
+            state = dict(labels)["state"]
+            totals[state] = totals.get(state, 0) + value
+        return totals
+
+    wait_until(
+        lambda: counted() == {"succeeded": 2, "failed": 1, "retried": 1},
+        60,
+        "a heartbeat counting 2 succeeded, 1 failed, 1 retried",
+    )
+    textfile = tmp_path / "appliance.prom"
+    code, out = health(health_env, "--format", "prometheus", "--textfile", str(textfile))
+    check_metrics(out)
+    check_metrics(textfile.read_text())
+    for text in (out, textfile.read_text()):
+        found = metric_samples(text)
+        assert found["appliance_up"] == {(): 1}
+        assert found["appliance_health_status"] == {(): code}
+        assert found["appliance_queue_depth"][(("queue", "default"),)] == 0
+        assert found["celery_queue_length"][(("queue_name", "default"),)] == 0
+        assert (("queue", "default"),) in found["appliance_queue_oldest_age_seconds"]
+        assert found["appliance_unacked"] == {(): 0}
+        assert found["appliance_workers"] == {(("group", "default"),): 1}
+        ((host_labels, up),) = found["celery_worker_up"].items()
+        hostname = dict(host_labels)["hostname"]
+        assert up == 1 and "@" in hostname
+        assert found["celery_task_succeeded_total"] == {(("hostname", hostname),): 2}
+        assert found["celery_task_failed_total"] == {(("hostname", hostname),): 1}
+        assert found["celery_task_retried_total"] == {(("hostname", hostname),): 1}
+        assert found["appliance_tasks_total"][(("hostname", hostname), ("state", "failed"))] == 1
+        assert 0 < found["appliance_redis_latency_seconds"][()] < 2
+        assert found["appliance_redis_memory_max_bytes"][()] == 256 * 1024 * 1024
+        assert found["appliance_redis_memory_used_bytes"][()] > 0
+        assert found["appliance_check_status"][(("check", "workers_default"),)] == 0
+    assert "# TYPE appliance_tasks_total counter" in out
+    assert "# TYPE celery_task_succeeded_total counter" in out
+
+
+def test_textfile_never_keeps_a_stale_ok(
+    health_env: dict[str, str],
+    private_redis: tuple[RedisServer, subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    textfile = tmp_path / "appliance.prom"
+    health(health_env, "--textfile", str(textfile))
+    before = metric_samples(textfile.read_text())["appliance_check_status"]
+    assert before[(("check", "redis_latency"),)] == 0 and len(before) > 5
+
+    code, out = health(
+        dict(health_env, APPLIANCE_VISIBILITY_TIMEOUT="soon"), "--textfile", str(textfile)
+    )
+    assert code == 3 and out.startswith("APPLIANCE UNKNOWN - ")
+    check_metrics(textfile.read_text())
+    found = metric_samples(textfile.read_text())
+    assert found["appliance_up"] == {(): 0} and found["appliance_health_status"] == {(): 3}
+    assert found["appliance_check_status"] == {
+        (("check", "health"),): 3,
+        **{labels: 3 for labels in before},
+    }
+    assert "appliance_queue_depth" not in found
+
+    _, proc = private_redis
+    proc.terminate()
+    proc.wait(10)
+    code, out = health(health_env, "--textfile", str(textfile))
+    assert code == 2 and "Redis unreachable" in out
+    check_metrics(textfile.read_text())
+    found = metric_samples(textfile.read_text())
+    assert found["appliance_up"] == {(): 0} and found["appliance_health_status"] == {(): 2}
+    assert found["appliance_check_status"][(("check", "redis"),)] == 2
+    assert found["appliance_check_status"][(("check", "redis_latency"),)] == 3
+    assert found["appliance_check_status"][(("check", "workers_default"),)] == 3
+    assert "appliance_queue_depth" not in found and "appliance_check_value" not in found
+    code, out = health(health_env, "--format", "prometheus")
+    assert code == 2
+    check_metrics(out)
+    assert metric_samples(out)["appliance_up"] == {(): 0}
 
 
 def test_health_imports_neither_celery_nor_task_modules(health_env: dict[str, str]) -> None:

@@ -96,7 +96,7 @@ def worker_argv(
         # Mingle asks the other workers for their revokes at every start and reconnect and
         # waits 1 s for answers; revokes are kept in Redis and loaded at start instead
         # (operations.py), and under repeated connection kills the wait starved the
-        # consumer (fault row 8).
+        # consumer.
         "--without-mingle",
     ]
     if consumer is not None:
@@ -133,7 +133,7 @@ def worker_argv(
 
 
 def prepare_database(settings: Settings) -> None:
-    """Bring the record schema up to date at start, or refuse (see README: schema policy).
+    """Bring the record schema up to date at start, or refuse (docs/install.md, The record schema).
 
     A database that is down does not stop the worker: tasks run, record writes are
     counted as failed, and the gap is reported.

@@ -157,7 +157,7 @@ def check_fresh_child(pid: int, memory_limit_kib: int | None) -> int | None:
     """Log a fresh child's unique memory; warn when the limit is below it. Returns it.
 
     Warns rather than refusing to start: the footprint is known only once a child runs,
-    and a worker that recycles too often still does its work (see README, Recycling).
+    and a worker that recycles too often still does its work (docs/architecture.md, Recycling).
     """
     if not memory_limit_kib:
         return None

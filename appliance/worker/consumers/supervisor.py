@@ -2,7 +2,7 @@
 
 With Celery's prefork pool every task crosses from the worker's main process to a pool
 child and back (pickled through pipes, a second event loop on each side); on two cores
-that hand-off, not Redis, bounds a drain (README, Performance). Here each process of the
+that hand-off, not Redis, bounds a drain. Here each process of the
 unit is a Celery worker of its own that fetches and runs its tasks inline
 (:mod:`appliance.worker.consumers.pool`), and this parent, which runs no task and holds no
 broker connection while it forks, keeps the promises prefork's main process keeps (what
@@ -55,8 +55,8 @@ logger = logging.getLogger("appliance.consumers")
 
 _TICK_SECONDS = 0.5
 # The parent reads its consumers' reports at most this often. A consumer writes two lines
-# per task; waking for each one took 15,500 turns for 10,000 tasks at 1,075 tasks/s
-# (3,700 paced), 45 us of a core per task more. No report is urgent to within this
+# per task; waking for each one cost tens of microseconds of a core per task. No report
+# is urgent to within this
 # (limits are in seconds; a signal waits for the next turn), and a pipe holds far more
 # than a pause's lines.
 REPORT_PACE_SECONDS = 0.002

@@ -1,35 +1,27 @@
 """The worker's prefork pool: Celery's AsynPool with cheap, correct child recycling.
 
-Why replacing a child is expensive in stock Celery 5.7 / billiard 4.3 (bench/recycle.py:
-max-tasks-per-child 100 costs about half the throughput, 10 over 90 %, with stalls of
-0.3-5 s, celery #9588). Every replacement, in order:
+Replacing a child in stock Celery 5.7 / billiard 4.3 stalls its slot (celery #9588; the
+figures are in docs/performance.md). Every replacement, in order:
 
-1. The child waits for the main process to count its last result, polling every 100 ms;
-   meanwhile the main process sees an idle child and may write it the next task, which
-   waits in the dying child's pipe until the child is reaped and the task is put back.
-2. The exit is noticed through the child's sentinel pipe, which closes a moment before
-   the kernel lets the child be reaped: ``maintain_pool`` finds no exit code, the
-   sentinel is already unregistered, and the replacement waits for the next unrelated
-   exit or the 5-second ``maintain_pool`` timer: the long stalls.
+1. The child waits for the main process to count its last result, polling every 100 ms,
+   while the main process may write the idle-looking child its next task.
+2. The exit is seen through the child's sentinel pipe, which closes a moment before the
+   child can be reaped: ``maintain_pool`` finds no exit code and the replacement waits
+   for the next unrelated exit or its 5-second timer.
 3. Reaping reads the dead child's result pipe twice with a 10 ms timeout each.
 4. Before the fork a full ``gc.collect()`` (asynpool, "Issue #2927") scans the main
-   process's whole heap: 60-80 ms here, event loop blocked, and it grows with the heap
-   (every task leaves a cancelled time-limit timer in it for the soft limit's 300 s).
-5. The new child's first prctl() through cffi builds cffi's C parser: 15-90 ms, every
-   child. Only then does it report ready, so the slot was empty for 1-5 end to end.
+   process's whole heap with the event loop blocked.
+5. The new child's first prctl() through cffi builds cffi's C parser.
 
-The fix is this subclass (selected by ``launch.worker_argv``; nothing is patched): the
-child announces RETIRING just before its last result, so the main process gives it no
-more work and starts its successor at once, while it exits (1, and the empty slot); it
-polls for the count every millisecond; exits are watched through a pidfd, which turns
-readable only once the child can be reaped, with a short retry where pidfds are missing
-(2); a reaped child's pipe is read without waiting (3); before a fork only the young
-generations are collected and the heap is frozen for the fork and unfrozen at once in
-the main process (4) - the child keeps it frozen, so its collector never scans (and so
-copies) inherited objects, nor runs finalizers of inherited garbage; older garbage is
-collected in the main process as usual, but a child keeps any descriptors it holds
-until it exits; cffi's parser is built once, in the main process (5). Which child
-retires when is :mod:`appliance.worker.recycling` (unique memory, jittered task limits).
+This subclass (selected by ``launch.worker_argv``; the billiard and Celery internals it
+relies on are listed in tests/unit/upstream) fixes each: the child announces RETIRING
+just before its last result, so the main process gives it no more work and starts its
+successor at once (1); it polls for the count every millisecond; exits are watched
+through a pidfd, readable only once the child can be reaped, with a short retry where
+pidfds are missing (2); a reaped child's pipe is read without waiting (3); before a fork
+only the young generations are collected and the heap is frozen for the fork, so a child
+never scans (and so copies) inherited objects (4); cffi's parser is built once, in the
+main process (5). Which child retires when is :mod:`appliance.worker.recycling`.
 """
 
 from __future__ import annotations
@@ -160,9 +152,9 @@ class RecyclingWorker(asynpool.Worker):  # type: ignore[misc]
 
 def _exit_unless_done_within(seconds: float) -> None:
     """Arm a last resort for a worker whose shutdown hangs once its pool has stopped
-    (seen after an unrecoverable error, fault row 10: the worker stayed up, consuming
-    nothing, and under supervisord nothing restarted it). A daemon timer: a worker that
-    exits in time never sees it."""
+    (seen after an unrecoverable error such as Redis refusing writes: the worker stayed
+    up, consuming nothing, and under supervisord nothing restarted it). A daemon timer:
+    a worker that exits in time never sees it."""
 
     def give_up() -> None:
         logger.critical(
@@ -207,7 +199,7 @@ class RecyclingAsynPool(asynpool.AsynPool):  # type: ignore[misc]
         After an unrecoverable error the event loop no longer reads the children's result
         pipes: a child blocked writing a result into a full pipe reads neither its job
         pipe nor its stop sentinel, so the sentinel write and the join block, and the
-        worker never exited (found with Redis refusing writes, fault row 10). The join runs
+        worker never exited (seen with Redis refusing writes). The join runs
         in a thread; children still there at the deadline are killed, which unblocks it.
         Their messages are unacked, so Redis hands them out again.
         """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -80,12 +79,3 @@ def unavailable(settings: Settings, exc: Exception) -> BrokerUnavailableError:
         f"Redis at {mask_url(settings.broker_url)} is unreachable ({exc}); "
         "fix: start redis-server or correct APPLIANCE_BROKER_URL"
     )
-
-
-def message_task_id(raw: bytes) -> str | None:
-    """The task id in a kombu message as stored in a Redis list, if it parses."""
-    try:
-        message: dict[str, Any] = json.loads(raw)
-        return str(message["headers"]["id"])
-    except (ValueError, KeyError, TypeError):
-        return None

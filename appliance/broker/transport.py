@@ -92,6 +92,17 @@ class _GarbageTolerant:
 
     QoS = QoS
 
+    def _purge(self, queue: str) -> int:
+        # `celery purge` and control.purge() land here: the purged ids are remembered,
+        # so the reconciler settles their records REVOKED instead of re-publishing them.
+        from appliance.broker import purge
+
+        with self.conn_or_acquire() as client:
+            return sum(
+                purge.purge_list(client, self._q_for_pri(queue, pri))[0]
+                for pri in self.priority_steps
+            )
+
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
         """One client object (on the channel's connection pool) instead of one per call."""

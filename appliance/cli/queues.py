@@ -96,8 +96,8 @@ def purge(cli: CliContext, name: str, yes: bool) -> None:
     """
     import redis
 
-    from appliance.broker.admin import client, message_task_id, unavailable
-    from appliance.core.keys import queue_keys
+    from appliance.broker.admin import client, unavailable
+    from appliance.broker.purge import purge_queue
 
     settings = cli.settings
     if name not in settings.queues:
@@ -105,26 +105,19 @@ def purge(cli: CliContext, name: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Delete every waiting message in queue {name!r}?", abort=True)
     try:
-        pipe = client(settings).pipeline(transaction=True)
-        for key in queue_keys(name):
-            pipe.lrange(key, 0, -1)
-            pipe.delete(key)
-        replies = pipe.execute()
+        count, ids = purge_queue(client(settings), name)
     except redis.RedisError as exc:
         raise unavailable(settings, exc) from None
-    messages = [raw for reply in replies[0::2] for raw in reply]
-    ids = [i for i in (message_task_id(raw) for raw in messages) if i]
     _mark_purged(cli, ids)
-    click.echo(
-        f"purged {len(messages)} message(s) from queue {name} ({len(ids)} task(s) marked REVOKED)"
-    )
+    click.echo(f"purged {count} message(s) from queue {name} ({len(ids)} task(s) marked REVOKED)")
 
 
 def _mark_purged(cli: CliContext, ids: list[str]) -> None:
+    from appliance.broker.purge import PURGED_REASON
     from appliance.records import maintenance
 
     try:
-        maintenance.revoke_many(cli.records_url, ids, reason="purged by operator")
+        maintenance.revoke_many(cli.records_url, ids, reason=PURGED_REASON)
     except Exception as exc:
         click.echo(f"appliance: warning: task records not updated ({exc})", err=True)
 

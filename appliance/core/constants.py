@@ -147,3 +147,7 @@ RECORDS_JOURNAL_CAP = 200_000
 # JSON {waiting, since, error}, TTL 30 s: written by a unit's parent while its journal
 # cannot be written to the database; `appliance health` reports it (record_journal).
 RECORDS_JOURNAL_WAITING_TTL = 30
+
+# A purged task's id is remembered this long (keys.PURGED_KEY): far longer than the
+# reconciler's min age, so its record is settled REVOKED before the id is forgotten.
+PURGED_KEEP_SECONDS = 7 * 24 * 3600

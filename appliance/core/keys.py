@@ -31,6 +31,11 @@ BEAT_LEASE_KEY = KEY_PREFIX + "beat:lease"  # value: the leader's random token
 BEAT_TICK_KEY = KEY_PREFIX + "beat:tick"  # JSON: leader, last tick, next due entry
 BEAT_LAST_RUN_KEY = KEY_PREFIX + "beat:last-run"  # hash: entry name -> last run (epoch s)
 
+# Task ids whose message a purge deleted (zset: id -> when), kept for
+# constants.PURGED_KEEP_SECONDS: the reconciler marks such a record REVOKED instead of
+# taking it for a task whose message Redis lost.
+PURGED_KEY = KEY_PREFIX + "purged"
+
 # The reconciler's lease: one reconciler at a time across the fleet.
 RECONCILE_LOCK_KEY = KEY_PREFIX + "reconcile:lock"
 

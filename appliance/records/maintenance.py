@@ -24,7 +24,8 @@ def delete_records(url: str, task_ids: Sequence[str], chunk: int = 500) -> None:
 
 
 def revoke_many(url: str, task_ids: Sequence[str], reason: str, chunk: int = 500) -> int:
-    """Mark existing records REVOKED in bulk (e.g. after a queue purge); return how many."""
+    """Mark existing records REVOKED in bulk (e.g. after a queue purge), sparing any in a
+    final state already; return how many changed."""
     changed = 0
     stamp = now()
     with session_scope(url) as session:
@@ -32,6 +33,7 @@ def revoke_many(url: str, task_ids: Sequence[str], reason: str, chunk: int = 500
             result = session.execute(
                 update(TaskRecord)
                 .where(TaskRecord.id.in_(list(task_ids[start : start + chunk])))
+                .where(TaskRecord.status.notin_(TERMINAL_STATES))
                 .values(status="REVOKED", error=reason, finished_at=stamp, updated_at=stamp)
             )
             changed += int(getattr(result, "rowcount", 0) or 0)

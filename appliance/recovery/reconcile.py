@@ -68,6 +68,7 @@ class Report:
     has_result: int = 0  # ... with a result in the result backend
     settled: list[str] = field(default_factory=list)  # ... whose record took that result
     moved_on: int = 0  # ... whose record left PENDING while we looked
+    purged: list[str] = field(default_factory=list)  # ... whose message a purge deleted
     not_restorable: list[str] = field(default_factory=list)  # workflow members, bad args
     republished: list[str] = field(default_factory=list)  # (would be, in a dry run)
     locked_out: bool = False  # another reconciler held the lock: nothing (more) done
@@ -85,8 +86,8 @@ class Report:
             f"{self.min_age:g}s; still in Redis: {self.in_broker}, held by workers: "
             f"{self.held_by_workers}, with a result: {self.has_result} (records settled "
             f"from it: {len(self.settled)}), started meanwhile: "
-            f"{self.moved_on}, not restorable: {len(self.not_restorable)}"
-            + (" (stopped: lost the lock)" if self.locked_out else "")
+            f"{self.moved_on}, purged: {len(self.purged)}, not restorable: "
+            f"{len(self.not_restorable)}" + (" (stopped: lost the lock)" if self.locked_out else "")
         )
 
 
@@ -241,6 +242,10 @@ def _missing(
     report.in_broker = len(candidates) - len(suspects)
     if not suspects:
         return []
+    purged = broker.purged([r["id"] for r in suspects])
+    if purged:
+        _settle_purged(settings, sorted(purged), report)
+        suspects = [r for r in suspects if r["id"] not in purged]
     held = broker.held_by_workers([r["id"] for r in suspects])
     report.held_by_workers = sum(1 for r in suspects if r["id"] in held)
     suspects = [r for r in suspects if r["id"] not in held]
@@ -272,6 +277,21 @@ def _missing(
                 record["id"],
             )
     return missing
+
+
+def _settle_purged(settings: Settings, ids: list[str], report: Report) -> None:
+    """Records of purged tasks end REVOKED (the purge's own write may have failed, or
+    `celery purge` wrote none): a purge is never undone by a re-publish."""
+    from appliance.broker.purge import PURGED_REASON
+    from appliance.records import maintenance
+    from appliance.records.db import translate_errors
+
+    report.purged = ids
+    if report.dry_run:
+        return
+    with translate_errors(settings.effective_database_url):
+        maintenance.revoke_many(settings.effective_database_url, ids, reason=PURGED_REASON)
+    logger.warning("%d PENDING task(s) whose message was purged marked REVOKED", len(ids))
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ class Broker(Protocol):
     def message_ids(self, queues: Sequence[str]) -> set[str]: ...
     def held_by_workers(self, ids: Sequence[str]) -> set[str]: ...
     def result_metas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def purged(self, ids: Sequence[str]) -> set[str]: ...
     def republish(self, record: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
@@ -102,6 +103,12 @@ class RedisBroker:
             if task_id:
                 ids.add(task_id)
         return ids
+
+    def purged(self, ids: Sequence[str]) -> set[str]:
+        """Which of *ids* had their message deleted by a purge (broker.purge)."""
+        from appliance.broker.purge import purged_among
+
+        return purged_among(self.client, list(ids))
 
     def held_by_workers(self, ids: Sequence[str]) -> set[str]:
         if not ids:

@@ -34,6 +34,7 @@ class FakeBroker:
         self.redis = redis or FakeRedis()
         self.present: set[str] = set()
         self.held: set[str] = set()
+        self.purged_ids: set[str] = set()
         self.results: set[str] = set()
         self.metas: dict[str, dict[str, Any]] = {}
         self.published: list[dict[str, Any]] = []
@@ -55,6 +56,9 @@ class FakeBroker:
 
     def held_by_workers(self, ids: Sequence[str]) -> set[str]:
         return self.held & set(ids)
+
+    def purged(self, ids: Sequence[str]) -> set[str]:
+        return self.purged_ids & set(ids)
 
     def result_metas(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {i: self.metas.get(i, {}) for i in self.results & set(ids)}
@@ -377,3 +381,19 @@ def test_a_pending_record_whose_task_ran_takes_the_final_state_of_its_result(
     assert (store.get_record(url, "still-running") or {})["status"] == "PENDING"
     broker.results = set()  # the results expire: only the one still PENDING is a suspect
     assert _run(settings, broker).republished == ["still-running"]
+
+
+def test_a_purged_task_is_settled_revoked_and_never_republished(settings: Settings) -> None:
+    """Given PENDING records whose messages a purge deleted, when the reconciler runs,
+    then they end REVOKED as purged and nothing is published."""
+    from appliance.broker.purge import PURGED_REASON
+
+    _pending(settings, "p1", age=600)
+    _pending(settings, "lost", age=600)
+    broker = FakeBroker()
+    broker.purged_ids = {"p1"}
+    report = _run(settings, broker)
+    assert report.purged == ["p1"]
+    assert [r["id"] for r in broker.published] == ["lost"]
+    record = store.get_record(settings.effective_database_url, "p1")
+    assert record is not None and (record["status"], record["error"]) == ("REVOKED", PURGED_REASON)

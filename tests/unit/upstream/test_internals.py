@@ -93,6 +93,8 @@ ROWS = [
     # appliance.broker.transport: kombu's Redis channel, QoS and transport, subclassed
     Row(KR + "Channel._brpop_read", T, fp("c42518699709f2df"),
         "overrides it with kombu 5.7's body plus dead-lettering of undecodable items" + PORT),
+    Row(KR + "Channel._purge", T, fp("221e37da7c172561"),
+        "replaces it to remember the purged task ids (broker.purge)" + PORT),
     Row(KR + "Channel._get", T, fp("be26a9f1eb4cf8da"),
         "overrides it with kombu 5.7's body plus dead-lettering of undecodable items" + PORT),
     Row(KR + "Channel.conn_or_acquire", T, fp("25883caca6c4121e"),

@@ -11,7 +11,7 @@ from appliance.core import keys
 from appliance.core.text import mask_url
 from appliance.health.config import HealthConfig
 from appliance.health.queues import check_queues, check_unacked, check_unconsumed
-from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info
+from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info, scan
 from appliance.health.verdict import CRITICAL, OK, WARNING, Check, measured
 
 
@@ -104,21 +104,9 @@ def check_redis(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     return checks
 
 
-def _scan(conn: Resp, pattern: str, count: int = 500) -> list[bytes]:
-    """Every key matching *pattern* (SCAN, never KEYS: the broker is busy)."""
-    found: list[bytes] = []
-    cursor: Any = b"0"
-    while True:
-        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-        found += batch
-        if cursor in (b"0", 0, "0"):
-            break
-    return found
-
-
 def _json_values(conn: Resp, pattern: str) -> list[tuple[bytes, Any]]:
     """(key, decoded JSON value) of every key matching *pattern*; garbage is skipped."""
-    names = _scan(conn, pattern)
+    names = scan(conn, pattern)
     if not names:
         return []
     values = []
@@ -232,7 +220,7 @@ def check_beat(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
 
 def check_pidbox(cfg: HealthConfig, conn: Resp, now: float) -> list[Check]:
     """Reply keys of remote-control calls: they never expire (celery #6089) and pile up."""
-    count = len(_scan(conn, keys.PIDBOX_REPLY_PATTERN, count=1000))
+    count = len(scan(conn, keys.PIDBOX_REPLY_PATTERN, count=1000))
     check = measured(
         "pidbox_orphans", count, "", cfg.threshold("pidbox_orphans"), "pidbox reply keys"
     )

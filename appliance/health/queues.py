@@ -10,7 +10,7 @@ from typing import Any
 from appliance.core import constants as C
 from appliance.core import keys
 from appliance.health.config import HealthConfig
-from appliance.health.resp import Resp, RespError
+from appliance.health.resp import Resp, RespError, scan
 from appliance.health.verdict import OK, WARNING, Check, measured
 
 
@@ -108,17 +108,6 @@ def binding_queue(member: bytes | str) -> str | None:
     return parts[2] if len(parts) == 3 and parts[2] else None
 
 
-def _scan(conn: Resp, pattern: str, count: int = 1000) -> list[bytes]:
-    """Every key matching *pattern* (SCAN, never KEYS: the broker is busy)."""
-    found: list[bytes] = []
-    cursor: Any = b"0"
-    while True:
-        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-        found += batch
-        if cursor in (b"0", 0, "0"):
-            return found
-
-
 def _replies(conn: Resp, commands: list[list[Any]], default: Any) -> list[Any]:
     """One pipeline; should a key hold another type (WRONGTYPE: not kombu's), each command
     again alone, with *default* for those Redis refuses."""
@@ -137,7 +126,7 @@ def _replies(conn: Resp, commands: list[list[Any]], default: Any) -> list[Any]:
 def kombu_queues(conn: Resp) -> list[str]:
     """The queues kombu has bound to an exchange on this broker (any producer's or
     worker's declaration), Celery's own remote-control and event queues left out."""
-    names = _scan(conn, keys.KOMBU_BINDING_PATTERN)
+    names = scan(conn, keys.KOMBU_BINDING_PATTERN, count=1000)
     if not names:
         return []
     found: set[str] = set()

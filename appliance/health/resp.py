@@ -138,6 +138,17 @@ class Resp:
         raise RespConnectionError(f"not a Redis reply: {line[:40]!r}")
 
 
+def scan(conn: Resp, pattern: str, count: int = 500) -> list[bytes]:
+    """Every key matching *pattern* (SCAN, never KEYS: the broker is busy)."""
+    found: list[bytes] = []
+    cursor: Any = b"0"
+    while True:
+        cursor, batch = conn.call("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+        found += batch
+        if cursor in (b"0", 0, "0"):
+            return found
+
+
 def sentinel_master(url: str, master_name: str, timeout: float = 2.0) -> tuple[str, int, str]:
     """Where the sentinels in *url* say *master_name*'s master is: (host, port, sentinel).
 

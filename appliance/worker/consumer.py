@@ -57,8 +57,21 @@ def _ids(message: Any) -> tuple[str | None, str | None]:
     return headers.get("id"), headers.get("task")
 
 
+CELERY_CONTROL_STEP = "celery.worker.consumer.control:Control"
+# Its remote control: a consumer process answers from a thread (the loop runs its task).
+CONTROL_STEP = "appliance.worker.remote_control:Control"
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's consumer, dead-lettering what it cannot run before rejecting or acking it."""
+
+    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
+        """Celery's consumer steps, with the appliance's remote-control step."""
+
+        default_steps = [
+            CONTROL_STEP if step == CELERY_CONTROL_STEP else step
+            for step in CeleryConsumer.Blueprint.default_steps
+        ]
 
     def call_soon_ack(self, p: Any, *args: Any, **kwargs: Any) -> Any:
         """In a consumer process (tasks run inline in the event loop's thread) ack now:

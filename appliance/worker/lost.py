@@ -51,6 +51,7 @@ from appliance.core.text import one_line
 from appliance.records import signals as record_signals
 from appliance.records import store as records
 from appliance.worker.consumer import raw_of
+from appliance.worker.consumers import process as consumer_process
 from appliance.worker.stats import CountingRequest, counters
 
 logger = logging.getLogger("appliance.worker_lost")
@@ -201,7 +202,36 @@ def settle_lost(task: LostTask, status: str, limit: int) -> Settled:
 
 
 class Request(CountingRequest):
-    """Celery's Request (counting outcomes) with a bound on redeliveries after lost children."""
+    """Celery's Request (counting outcomes) with a bound on redeliveries after lost children.
+
+    On the consumers topology it also answers revokes that come through the consumer's
+    mailbox thread (appliance/worker/consumers/mailbox.py) while the loop runs a task:
+    :meth:`revoked` claims a request on its way to the pool, and :meth:`terminate` asks
+    the consumers' parent to kill the consumer instead of acking from that thread.
+    """
+
+    # Checked by revoked() on its way to the pool: it runs unless that check found it
+    # revoked. The mailbox thread adds ids to the revoked set before it reads this, and
+    # this is set before the set is read, so each sees the other (one GIL): a revoke
+    # either stops the request or finds it claimed (then it is running, not REVOKED).
+    claimed = False
+
+    def revoked(self) -> bool:
+        if worker_state.requests.get(self.id) is self:  # reserved: execute_using_pool's check
+            self.claimed = True
+        return bool(super().revoked())
+
+    def terminate(self, pool: Any, signal: Any = None) -> None:
+        """A consumer runs the task in its event loop's thread: its pool asks the parent
+        to kill it (which stores REVOKED, writes the record and acks), instead of Celery's
+        SIGTERM to a pool child and REVOKED, ack and record from the calling thread."""
+        if not consumer_process.current().is_consumer:
+            super().terminate(pool, signal)
+            return
+        if self.time_start:
+            pool.terminate_task(self.id)
+        else:
+            self._terminate_on_ack = pool, signal  # Celery terminates it once accepted
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False

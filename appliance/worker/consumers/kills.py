@@ -9,10 +9,12 @@ what becomes of the message is decided when the consumer is reaped
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.core import constants as C
 from appliance.core import keys
 from appliance.worker.consumers.children import ConsumerProcess
 from appliance.worker.consumers.protocol import KilledFor
@@ -54,6 +56,18 @@ def enforce_stop_timeout(consumers: Iterable[ConsumerProcess], stop_timeout: flo
                 stop_timeout,
             )
             consumer.kill(KilledFor.STOP)
+
+
+def request_terminate(redis: Any, task_ids: Iterable[str], now: float | None = None) -> None:
+    """Ask the consumers' parents to kill the consumer running any of *task_ids*: the
+    terminate requests :class:`TerminateRequests` reads (written by ``operations.revoke``
+    with --terminate, and by a consumer's pool for Celery's ``revoke(terminate=True)``).
+    Raises redis-py's errors."""
+    now = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=True)
+    pipe.zadd(keys.TERMINATE_KEY, dict.fromkeys(task_ids, now))
+    pipe.zremrangebyscore(keys.TERMINATE_KEY, 0, now - C.TERMINATE_KEEP_SECONDS)
+    pipe.execute()
 
 
 @dataclass

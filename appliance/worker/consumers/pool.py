@@ -53,14 +53,26 @@ def retiring() -> bool:
 def share_rate_limits(app: Any, consumers: int) -> None:
     """Celery keeps a task's rate limit per consuming process: each of a unit's N
     consumers gets 1/N of it, so the unit starts no more than the rate the task names."""
-    from celery.utils.time import rate
-
     if consumers <= 1:
         return
     for task in app.tasks.values():
         limit = getattr(task, "rate_limit", None)
         if limit:
-            task.rate_limit = f"{rate(limit) / consumers}/s"
+            task.rate_limit = shared_rate(limit, consumers)
+
+
+def shared_rate(limit: Any, consumers: int) -> Any:
+    """One consumer's share of the rate limit *limit* (Celery's forms: 10/m, 2.5, ...);
+    a limit that is off (0, None, empty) or not understood stays as it is."""
+    from celery.utils.time import rate
+
+    try:
+        per_second = rate(limit)
+    except (TypeError, ValueError):
+        return limit  # Celery's rate_limit command refuses it with its own words
+    if consumers <= 1 or not per_second:
+        return limit
+    return f"{per_second / consumers}/s"
 
 
 def _soft_limit_reached(signum: int, frame: Any) -> None:
@@ -85,6 +97,7 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
         task_limit = self.policy.task_limit or 0
         lead = min(SUCCESSOR_LEAD_TASKS, task_limit // 10)
         self._successor_at = task_limit - lead if lead else None
+        self._redis: Any = None  # for terminate requests (terminate_task), made when needed
         signal.signal(signal.SIGALRM, _soft_limit_reached)
 
     def _apply(
@@ -169,6 +182,35 @@ class TaskPool(solo.TaskPool):  # type: ignore[misc]
         if self.process_state.link is not None:
             # The parent lets the successor consume (or forks one) now.
             self.process_state.link.send(protocol.Report(protocol.Kind.RETIRING))
+
+    def terminate_task(self, task_id: str) -> None:
+        """Stop the running task *task_id*: this process runs it in its event loop's thread,
+        so it cannot signal it; its parent kills this consumer, stores REVOKED and acks the
+        message (the path of ``appliance tasks revoke --terminate``: a terminate request
+        in Redis, which the parent reads every 0.5 s). Called from the mailbox thread
+        (Celery's ``revoke(terminate=True)``, appliance.worker.lost.Request.terminate);
+        raises redis-py's errors. The signal asked for does not matter: it is SIGKILL."""
+        from appliance.worker.consumers.kills import request_terminate
+
+        if self._redis is None:
+            from appliance.broker.admin import connect
+            from appliance.config.settings import get_settings
+
+            settings = get_settings()
+            self._redis = connect(
+                settings.broker_url,
+                settings.redis_sentinel_master,
+                socket_timeout=2,
+                socket_connect_timeout=2,
+            )
+        request_terminate(self._redis, [task_id])
+        logger.warning("terminate of %s asked of the parent (it kills this consumer)", task_id)
+
+    def terminate_job(self, pid: int, signal: Any = None) -> None:
+        """Celery's terminate of the task running in process *pid*: this one's."""
+        task_id = self.process_state.ack.task_id
+        if pid == os.getpid() and task_id is not None:
+            self.terminate_task(task_id)
 
     def _get_info(self) -> dict[str, Any]:
         info: dict[str, Any] = super()._get_info()

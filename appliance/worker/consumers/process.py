@@ -90,6 +90,8 @@ class ConsumerProcessState:
     results_with_ack: tuple[int, int] | None = None
     # Its unit's record journal: a task's final record write rides in its ack.
     records_journal: str | None = None
+    # How many consumers its unit runs: each keeps 1/N of a task's rate limit.
+    consumers: int = 1
     # Its supervision step's: the parent's captured one, reporting to the parent.
     supervision: Supervision | None = None
     ack: TaskAck = field(default_factory=TaskAck)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from enum import Enum
 
@@ -122,6 +123,11 @@ class ParentLink:
     def __init__(self, fd: int, gate_fd: int = -1) -> None:
         self._fd = fd
         self._gate_fd = gate_fd
+        # Set once the consumer may consume (no gate, or past it): its mailbox thread
+        # answers for the node only from then on, not beside the predecessor it replaces.
+        self.passed = threading.Event()
+        if gate_fd < 0:
+            self.passed.set()
 
     def send(self, report: Report) -> None:
         with contextlib.suppress(OSError):  # the parent is gone: PDEATHSIG ends us
@@ -134,6 +140,7 @@ class ParentLink:
             os.read(self._gate_fd, 1)  # EOF: go (the parent opened it, stops or is gone)
             os.close(self._gate_fd)
         self._gate_fd = -1
+        self.passed.set()
 
 
 class LinkNotifier(Notifier):

@@ -10,6 +10,7 @@ are run on both in faults/test_pool.py.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -93,7 +94,11 @@ def test_a_task_count_retirement_hands_over_to_a_successor_started_ahead(
     # forked at its P report (whether it was ready by then is up to the machine).
     assert handed >= retired - 2
     assert "exited" not in output and "Traceback" not in output
-    assert len(_consumer_pids(worker)) == 2  # each retired consumer is gone
+    # Each retired consumer is gone. The unit keeps its two consumers, plus a successor
+    # still waiting at its gate when the tasks ran out inside its hand-over window.
+    gone = {int(pid) for pid in re.findall(r"replacing consumer (\d+)", output)}
+    wait_until(lambda: not gone & set(_consumer_pids(worker)), 30, "every retired consumer gone")
+    assert 2 <= len(_consumer_pids(worker)) <= 4
     broker = clean_redis.client()
     assert broker.hlen("unacked") == 0 and broker.llen("default") == 0
 

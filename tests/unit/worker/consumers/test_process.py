@@ -104,8 +104,8 @@ def test_a_consumers_state_is_made_in_one_place_after_its_fork(
     monkeypatch.setenv("APPLIANCE_RESULT_BACKEND", "redis://:pw@127.0.0.1:6379/1")
     settings = load_settings()
     unit = worker_step.Supervision(group="default", queues=["default"], watchdog=30.0)
-    state = consumer_state(settings, unit, ConsumerLimits(100, 0), "journal-key", 7, -1)
-    assert state.is_consumer and state.link is not None
+    state = consumer_state(settings, unit, ConsumerLimits(100, 0), "journal-key", 7, -1, 3)
+    assert state.is_consumer and state.link is not None and state.consumers == 3
     assert state.limits == ConsumerLimits(100, 0) and state.records_journal == "journal-key"
     assert state.supervision is not None and state.supervision.queues == ["default"]
     assert isinstance(state.supervision.notifier, LinkNotifier)  # reports to the parent

@@ -38,8 +38,10 @@ bench-recycle:  ## drain throughput at max-tasks-per-child none/1000/100/10
 	$(PY) bench/recycle.py
 
 # Locks: requirements/runtime.txt (the package + the postgres extra: what install.sh puts on
-# hosts) and requirements/dev.txt (plus the test, bench, flower and examples extras, held to
-# the runtime's versions by -c). Both carry sha256 hashes of every file of every release
+# hosts), requirements/runtime-flower.txt (the same plus the flower extra: install.sh
+# --with-flower, held to the runtime's and the dev lock's versions by -c, so hosts run the
+# Flower the tests ran) and requirements/dev.txt (plus the test, bench, flower and examples
+# extras, held to the runtime's versions by -c). All carry sha256 hashes of every file of every release
 # (wheels for all platforms and the sdist) and resolve for Python 3.11 on any OS/arch
 # (--universal), so one lock serves x86_64 and aarch64 hosts. Unchanged pins stay put;
 # `make lock UPGRADE=1` moves every package to the newest release pyproject.toml allows.
@@ -58,6 +60,8 @@ lock: $(UV)     ## regenerate requirements/runtime.txt and dev.txt from pyprojec
 	$(UV) pip compile pyproject.toml --extra postgres $(LOCK_FLAGS) -o requirements/runtime.txt
 	$(UV) pip compile pyproject.toml $(DEV_EXTRAS) -c requirements/runtime.txt $(LOCK_FLAGS) \
 		-o requirements/dev.txt
+	$(UV) pip compile pyproject.toml --extra postgres --extra flower -c requirements/runtime.txt \
+		-c requirements/dev.txt $(LOCK_FLAGS) -o requirements/runtime-flower.txt
 
 # A wheelhouse for `install.sh --wheelhouse DIR` (offline): this package's wheel, the locked
 # wheels (hash-checked as they download; binary only, so the offline install builds nothing)
@@ -65,16 +69,21 @@ lock: $(UV)     ## regenerate requirements/runtime.txt and dev.txt from pyprojec
 # are for TARGET_PYTHON (default the hosts' Debian python3, which also decides the lock's
 # markers, such as async-timeout's python_full_version < '3.11.3': run it with the hosts'
 # Python); WHEELHOUSE_ARCH=aarch64 (or x86_64) fetches CPython 3.11 manylinux wheels for that
-# architecture instead of TARGET_PYTHON's own.
+# architecture instead of TARGET_PYTHON's own. FLOWER=1 adds the wheels of
+# requirements/runtime-flower.txt and that lock as DIR/requirements-flower.txt, for
+# install.sh --wheelhouse DIR --with-flower.
 WHEELHOUSE ?= dist/wheelhouse
 TARGET_PYTHON ?= /usr/bin/python3
 WHEELHOUSE_TARGET := $(if $(WHEELHOUSE_ARCH),--python-version 3.11 --implementation cp \
 	--abi cp311 --abi abi3 --abi none --platform any --platform manylinux2014_$(WHEELHOUSE_ARCH) \
 	$(foreach glibc,$(shell seq 17 36),--platform manylinux_2_$(glibc)_$(WHEELHOUSE_ARCH)))
 
-wheelhouse:     ## wheels of this package + the runtime lock for install.sh --wheelhouse
+WHEELHOUSE_LOCK := requirements/$(if $(FLOWER),runtime-flower,runtime).txt
+
+wheelhouse:     ## wheels of this package + the runtime lock for install.sh --wheelhouse (FLOWER=1)
 	mkdir -p $(WHEELHOUSE)
 	$(TARGET_PYTHON) -m pip download -q --disable-pip-version-check --require-hashes --no-deps \
-		--only-binary=:all: $(WHEELHOUSE_TARGET) -r requirements/runtime.txt -d $(WHEELHOUSE)
+		--only-binary=:all: $(WHEELHOUSE_TARGET) -r $(WHEELHOUSE_LOCK) -d $(WHEELHOUSE)
 	$(TARGET_PYTHON) -m pip wheel -q --disable-pip-version-check --no-deps -w $(WHEELHOUSE) .
 	cp requirements/runtime.txt $(WHEELHOUSE)/requirements.txt
+	$(if $(FLOWER),cp requirements/runtime-flower.txt $(WHEELHOUSE)/requirements-flower.txt)

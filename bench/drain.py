@@ -8,7 +8,9 @@ flushed before each run, and 2 worker processes:
                      1000 tasks; the default topology, consumers: 2 consumer processes
                      under a supervising parent)
 - appliance-norec    the same with APPLIANCE_RECORDS_ENABLED=false
-- appliance-prefork(-norec)  the same on the prefork topology (`--topology prefork`)
+- appliance-events   the same with APPLIANCE_TASK_EVENTS=true (task events; nothing consumes
+                     them: the workers' cost, not a monitor's)
+- appliance-prefork(-norec, -events)  the same on the prefork topology (`--topology prefork`)
 - celery-durable     stock Celery 5.7 with task_acks_late=True, prefetch multiplier 1
 - celery-default     stock Celery 5.7 defaults
 - dramatiq           Dramatiq defaults (`dramatiq -p 2`, 8 threads each)
@@ -83,6 +85,9 @@ def contenders(server: RedisServer, workdir: Path) -> dict[str, Contender]:
         "appliance-norec": Contender(
             "appliance-norec", appliance, dict(env, APPLIANCE_RECORDS_ENABLED="false")
         ),
+        "appliance-events": Contender(
+            "appliance-events", appliance, dict(env, APPLIANCE_TASK_EVENTS="true"), records=True
+        ),
         "celery-durable": Contender(
             "celery-durable", celery, dict(env, BENCH_DURABLE="1"), queue="celery"
         ),
@@ -112,6 +117,12 @@ def contenders(server: RedisServer, workdir: Path) -> dict[str, Contender]:
             "appliance-prefork-norec",
             [*appliance, "--topology", "prefork"],
             dict(env, APPLIANCE_RECORDS_ENABLED="false"),
+        ),
+        "appliance-prefork-events": Contender(
+            "appliance-prefork-events",
+            [*appliance, "--topology", "prefork"],
+            dict(env, APPLIANCE_TASK_EVENTS="true"),
+            records=True,
         ),
         "dramatiq": Contender(
             "dramatiq",

@@ -1,7 +1,7 @@
 """The performance harness: every row of docs/performance.md from one command.
 
     make bench                      (= .venv/bin/python bench/run.py)
-    .venv/bin/python bench/run.py [-n 10000] [--repeat 3] [--rows 1,2,3,4,5,6,7]
+    .venv/bin/python bench/run.py [-n 10000] [--repeat 3] [--rows 1,2,3,4,5,6,7,8]
 
 Needs the bench extra (`pip install -e '.[bench]'`: Dramatiq). Starts its own
 redis-server (ephemeral port, no persistence) and workers; never part of the tests.
@@ -17,6 +17,7 @@ the ratio to the reference. Rows:
 5. `appliance health` vs `celery inspect ping`: wall time and peak RSS
 6. recycling: max-tasks-per-child none / 1000 / 100 / 10
 7. Redis bytes per queued task and Redis commands per task (INFO commandstats)
+8. task events on (APPLIANCE_TASK_EVENTS=true) vs off (worker events only, the default)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tests.helpers.redis_server import RedisServer, local_redis_server  # noqa: 
 
 DRAIN = ("appliance", "appliance-prefork", "celery-durable", "dramatiq", "celery-default")
 RECORDS = (("appliance", "appliance-norec"), ("appliance-prefork", "appliance-prefork-norec"))
+EVENTS = (("appliance-events", "appliance"), ("appliance-prefork-events", "appliance-prefork"))
 
 
 def median(values: list[float]) -> float:
@@ -98,21 +100,37 @@ def print_drain(runs: dict[str, list[D.DrainRun]], n: int) -> None:
     table(f"1. drain of {n} no-ops, 2 processes (ratio to celery-durable; goal >= 2x)", rows)
 
 
-def print_records(runs: dict[str, list[D.DrainRun]]) -> None:
+def print_on_off(
+    title: str, pairs: tuple[tuple[str, str], ...], runs: dict[str, list[D.DrainRun]]
+) -> None:
+    """A row of on/off pairs of drain contenders: each on's median rate over its off's, and
+    the worker CPU per task of each (steadier than the rate on a noisy machine)."""
+
+    def note(name: str) -> str:
+        cpu = median([r.cpu_ms for r in runs[name]])
+        return f"worker CPU {cpu:.2f} ms/task; {runs_text([r.rate for r in runs[name]])}"
+
     rows = []
-    for on_name, off_name in RECORDS:
+    for on_name, off_name in pairs:
         on = median([r.rate for r in runs[on_name]])
         off = median([r.rate for r in runs[off_name]])
         rows += [
-            (
-                on_name,
-                f"{on:.0f} tasks/s",
-                ratio(on, off),
-                runs_text([r.rate for r in runs[on_name]]),
-            ),
-            (off_name, f"{off:.0f} tasks/s", "1.00x", runs_text([r.rate for r in runs[off_name]])),
+            (on_name, f"{on:.0f} tasks/s", ratio(on, off), note(on_name)),
+            (off_name, f"{off:.0f} tasks/s", "1.00x", note(off_name)),
         ]
-    table("3. task records on vs off, same profile (goal: on/off >= 0.9)", rows)
+    table(title, rows)
+
+
+def print_records(runs: dict[str, list[D.DrainRun]]) -> None:
+    print_on_off("3. task records on vs off, same profile (goal: on/off >= 0.9)", RECORDS, runs)
+
+
+def print_events(runs: dict[str, list[D.DrainRun]]) -> None:
+    print_on_off(
+        "8. task events on vs off (worker events only), same profile, no event consumer",
+        EVENTS,
+        runs,
+    )
 
 
 def print_redis_costs(runs: dict[str, list[D.DrainRun]]) -> None:
@@ -283,7 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--tasks", type=int, default=10_000, help="tasks per drain/enqueue")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per contender")
-    parser.add_argument("--rows", default="1,2,3,4,5,6,7")
+    parser.add_argument("--rows", default="1,2,3,4,5,6,7,8")
     parser.add_argument(
         "--drain-only", default="", help="comma list: run just these drain contenders"
     )
@@ -318,6 +336,8 @@ def main() -> None:
                 names += list(DRAIN)
             if rows & {3, 7}:
                 names += [name for pair in RECORDS for name in pair]
+            if 8 in rows:
+                names += [name for pair in EVENTS for name in pair]
             names = list(dict.fromkeys(names))
             runs = drains(server, workdir, names, args.tasks, args.repeat) if names else {}
             if 1 in rows:
@@ -327,6 +347,8 @@ def main() -> None:
                 printers.append(lambda: print_enqueue(rates))
             if 3 in rows:
                 printers.append(lambda: print_records(runs))
+            if 8 in rows:
+                printers.append(lambda: print_events(runs))
             if 4 in rows:
                 capacity = (
                     median([r.rate for r in runs["appliance"]]) if runs.get("appliance") else 1000.0

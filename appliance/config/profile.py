@@ -120,9 +120,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # own error), not only of the callback's ChordError; Celery's announced default.
         "task_allow_error_cb_on_chord_header": True,
         "task_routes": (_Router(settings),),
-        # No task events: nothing here consumes them, and each costs a publish.
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Task events only on request (APPLIANCE_TASK_EVENTS): each is a publish per task
+        # state change, for monitors (Flower, `celery events`) that the appliance does not
+        # need. With them off the workers still send worker events (online, heartbeat,
+        # offline), so `celery control enable_events` can turn task events on at run time
+        # (appliance/worker/launch.py, worker_argv). task-sent is the publisher's (submit).
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "beat_schedule": {
             "appliance-cleanup-records": {
                 "task": "appliance.cleanup_records",

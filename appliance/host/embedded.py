@@ -1,4 +1,5 @@
-"""`appliance up`: a private redis-server, then worker and beat under supervisord.
+"""`appliance up`: a private redis-server, then worker and beat (and, with --flower, Flower)
+under supervisord.
 
 Everything lives in ``<state dir>/embedded``. While it runs, ``broker.url`` there tells
 other `appliance` commands on the same state dir where the private Redis listens.
@@ -22,6 +23,7 @@ from pathlib import Path
 from appliance.config.settings import Settings
 from appliance.core import constants as C
 from appliance.errors import ApplianceError, MissingProgramError
+from appliance.host import flower
 from appliance.host.supervisor_conf import render
 
 SUPERVISORD_HEADER = """\
@@ -64,9 +66,11 @@ class AlreadyRunningError(ApplianceError):
     """Raised when `appliance up` already runs on this state dir."""
 
 
-def write_supervisord_conf(settings: Settings, directory: Path) -> Path:
+def write_supervisord_conf(
+    settings: Settings, directory: Path, flower_port: int | None = None
+) -> Path:
     """A foreground supervisord config in *directory* running this appliance as this user:
-    the deploy/supervisor programs, logs in *directory*/logs."""
+    the deploy/supervisor programs (Flower with *flower_port*), logs in *directory*/logs."""
     conf = directory / "supervisord.conf"
     conf.write_text(
         SUPERVISORD_HEADER.format(dir=directory)
@@ -75,6 +79,7 @@ def write_supervisord_conf(settings: Settings, directory: Path) -> Path:
             bin_command=f"{sys.executable} -m appliance",
             user=pwd.getpwuid(os.getuid()).pw_name,
             log_dir=directory / "logs",
+            flower_port=flower_port,
         )
     )
     return conf
@@ -84,6 +89,30 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _flower_credentials(edir: Path) -> tuple[dict[str, str], str]:
+    """What Flower's program needs in its environment, and where its password is.
+
+    FLOWER_BASIC_AUTH (or FLOWER_AUTH) from the environment or the env file, else fresh
+    credentials in *edir*/flower-credentials (0600), never on the terminal."""
+    values = flower.flower_values()
+    if values.get(flower.BASIC_AUTH) or values.get(flower.OAUTH):
+        flower.check_credentials(values)
+        return values, f"{flower.BASIC_AUTH} of your settings"
+    credentials = flower.new_basic_auth()
+    path = edir / C.EMBEDDED_FLOWER_CREDENTIALS_FILE
+    flower.write_credentials(path, credentials)
+    return {flower.BASIC_AUTH: credentials}, f"user {flower.BASIC_AUTH_USER}, password in {path}"
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -124,13 +153,26 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
 
 
-def run_up(settings: Settings, *, announce: Callable[[str], None] = print) -> int:
-    """Run the embedded appliance until SIGINT/SIGTERM; return the exit code."""
+def run_up(
+    settings: Settings,
+    *,
+    announce: Callable[[str], None] = print,
+    flower_port: int | None = None,
+) -> int:
+    """Run the embedded appliance until SIGINT/SIGTERM; return the exit code. With
+    *flower_port*, Flower too (`appliance flower` on 127.0.0.1 at that port)."""
     redis_server = shutil.which("redis-server")
     if not redis_server:
         raise MissingProgramError(
             "redis-server is not installed; fix: apt-get install redis-server"
         )
+    if flower_port is not None:
+        flower.require_flower()  # exit 72 before anything starts
+        if _port_taken(flower_port):
+            raise ApplianceError(
+                f"port {flower_port} on 127.0.0.1 is in use, so Flower cannot listen there; "
+                "fix: pass --flower-port with a free port"
+            )
     edir = settings.state_dir / C.EMBEDDED_DIR
     edir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (edir / "logs").mkdir(exist_ok=True)
@@ -140,6 +182,11 @@ def run_up(settings: Settings, *, announce: Callable[[str], None] = print) -> in
             f"`appliance up` already runs on {settings.state_dir} (pid {owner}); "
             "fix: stop it first or set another APPLIANCE_STATE_DIR"
         )
+    flower_env: dict[str, str] = {}
+    flower_note = ""
+    if flower_port is not None:
+        flower_env, where = _flower_credentials(edir)
+        flower_note = f", Flower on http://127.0.0.1:{flower_port} ({where})"
     (edir / "up.pid").write_text(str(os.getpid()))
 
     port, password = _free_port(), secrets.token_urlsafe(24)
@@ -169,11 +216,13 @@ def run_up(settings: Settings, *, announce: Callable[[str], None] = print) -> in
             APPLIANCE_RESULT_BACKEND=backend,
             APPLIANCE_STATE_DIR=str(settings.state_dir),
         )
+        # In supervisord's environment, which its programs inherit: not in its config.
+        env.update(flower_env)
         run_settings = settings.model_copy(update={"broker_url": broker, "result_backend": backend})
         from appliance.worker.launch import prepare_database
 
         prepare_database(run_settings)
-        supervisord_conf = write_supervisord_conf(run_settings, edir)
+        supervisord_conf = write_supervisord_conf(run_settings, edir, flower_port)
         supervisord = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(supervisord_conf)],
             env=env,
@@ -183,8 +232,9 @@ def run_up(settings: Settings, *, announce: Callable[[str], None] = print) -> in
         url_file.touch(mode=0o600)
         url_file.write_text(broker + "\n")
         announce(
-            f"appliance up: redis-server on 127.0.0.1:{port}, worker and beat under supervisord "
-            f"(state dir {settings.state_dir}, logs in {edir / 'logs'}); Ctrl-C stops everything"
+            f"appliance up: redis-server on 127.0.0.1:{port}, worker and beat under supervisord"
+            f"{flower_note} (state dir {settings.state_dir}, logs in {edir / 'logs'}); "
+            "Ctrl-C stops everything"
         )
         while not stop.is_set() and supervisord.poll() is None and redis_proc.poll() is None:
             stop.wait(0.2)

@@ -90,15 +90,26 @@ def worker_argv(
         hostname,
         "--loglevel",
         options.loglevel or settings.log_level,
-        # Our own heartbeats replace Celery's event heartbeats and gossip.
+        # Celery's event heartbeat stays on (there is no --without-heartbeat): without it,
+        # gossip and task events Celery disables its Events step, and then `celery control
+        # enable_events` answers "event dispatcher unavailable" and monitors (Flower,
+        # `celery events`) see no worker. It costs a PUBLISH (worker-heartbeat, about
+        # 0.7 KB) every 2 s per node, which nobody stores, on one more Redis connection per
+        # node; it is not the broker heartbeat, which Redis does not have. Task events are
+        # APPLIANCE_TASK_EVENTS (-E below).
+        # Gossip stays off: it would make every node consume every other node's events
+        # (each heartbeat and task event delivered once per node), for worker join/leave
+        # callbacks and clock sync the appliance does not use (beat leads by a Redis lease;
+        # health reads the appliance's own heartbeat keys).
         "--without-gossip",
-        "--without-heartbeat",
         # Mingle asks the other workers for their revokes at every start and reconnect and
         # waits 1 s for answers; revokes are kept in Redis and loaded at start instead
         # (operations.py), and under repeated connection kills the wait starved the
         # consumer.
         "--without-mingle",
     ]
+    if settings.task_events:
+        argv.append("--task-events")  # -E, as the profile's worker_send_task_events says
     if consumer is not None:
         # One process that runs its tasks inline; recycling is its pool's own
         # (appliance/worker/consumers/pool.py, its limits in its process state).
@@ -179,6 +190,7 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
     (appliance/worker/consumers/supervisor.py)."""
     import os
 
+    from appliance.worker import events as worker_events
     from appliance.worker import supervision as worker_step
     from appliance.worker.consumers.parent import log_to_stderr, preload_worker_modules
     from appliance.worker.consumers.process import ConsumerLimits, become_consumer
@@ -186,6 +198,7 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
 
     log_to_stderr(options.loglevel or settings.log_level)
     preload_worker_modules()
+    worker_events.install(app)  # each consumer's event heartbeat, from a thread
     limits = ConsumerLimits(*recycle_limits(settings, options))
     count = options.concurrency or settings.concurrency or os.cpu_count() or 1
     supervision = worker_step.supervision
@@ -207,7 +220,9 @@ def run_consumers(app: Any, settings: Settings, options: WorkerOptions) -> int:
     def run_consumer(index: int, report_fd: int, gate_fd: int) -> int:
         from appliance.worker.consumers.pool import share_rate_limits
 
-        become_consumer(consumer_state(settings, supervision, limits, journal, report_fd, gate_fd))
+        become_consumer(
+            consumer_state(settings, supervision, limits, journal, report_fd, gate_fd, count)
+        )
         share_rate_limits(app, count)
         argv = worker_argv(settings, options, consumer=index)
         if gate_fd >= 0:
@@ -237,11 +252,12 @@ def consumer_state(
     journal: str | None,
     report_fd: int,
     gate_fd: int,
+    consumers: int = 1,
 ) -> ConsumerProcessState:
     """What a consumer process is (appliance/worker/consumers/process.py): its link to the
     parent through *report_fd* and *gate_fd*, the unit's *supervision* reporting there,
     its recycling *limits*, what its acks carry (results on the broker's own server, and
-    the unit's record *journal*)."""
+    the unit's record *journal*), and how many *consumers* its unit runs."""
     from appliance.broker.result_backend import databases_on_one_server
     from appliance.worker.consumers.process import ConsumerProcessState
     from appliance.worker.consumers.protocol import (
@@ -259,6 +275,7 @@ def consumer_state(
             settings.broker_url, settings.effective_result_backend
         ),
         records_journal=journal,
+        consumers=consumers,
         supervision=dataclasses.replace(
             supervision, notifier=LinkNotifier(link), watchdog=CONSUMER_PING_SECONDS
         ),

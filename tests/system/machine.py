@@ -92,12 +92,13 @@ def copy_checkout(dest: Path) -> None:
 
 
 def build_wheelhouse(dest: Path) -> Path:
-    """`make wheelhouse`: this package's wheel, the runtime lock's wheels and the lock (3.11)."""
+    """`make wheelhouse FLOWER=1`: this package's wheel, the wheels of the runtime lock plus
+    Flower's, and both locks (requirements.txt, requirements-flower.txt), for Python 3.11."""
     assert sys.version_info[:2] == (3, 11), "the wheelhouse must match bookworm's Python 3.11"
     dest.mkdir(parents=True, exist_ok=True)
     built = subprocess.run(
         ["make", "-C", str(REPO), "wheelhouse", f"WHEELHOUSE={dest}",
-         f"TARGET_PYTHON={sys.executable}"],
+         f"TARGET_PYTHON={sys.executable}", "FLOWER=1"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -124,6 +124,7 @@ def test_external_redis_and_supervisor(tmp_path: Path, wheelhouse: Path) -> None
 
 REPO = INSTALL.parents[1]
 RUNTIME_LOCK = REPO / "requirements" / "runtime.txt"
+FLOWER_LOCK = REPO / "requirements" / "runtime-flower.txt"
 
 
 def norm(name: str) -> str:
@@ -179,7 +180,8 @@ def assert_exactly_locked(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make wheelhouse`: this package's wheel, the runtime lock's wheels and the lock itself.
+    """`make wheelhouse FLOWER=1`: this package's wheel, the runtime lock's wheels plus
+    Flower's, and the locks themselves.
 
     (Overrides conftest's `pip wheel` wheelhouse, which holds neither the lock nor the
     postgres extra that the lock installs.)
@@ -189,11 +191,12 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("wheelhouse")
     built = subprocess.run(
         ["make", "-C", str(REPO), "wheelhouse", f"WHEELHOUSE={dest}",
-         f"TARGET_PYTHON={sys.executable}"],
+         f"TARGET_PYTHON={sys.executable}", "FLOWER=1"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert built.returncode == 0, built.stdout + built.stderr
     assert (dest / "requirements.txt").read_bytes() == RUNTIME_LOCK.read_bytes()
+    assert (dest / "requirements-flower.txt").read_bytes() == FLOWER_LOCK.read_bytes()
     return dest
 
 
@@ -219,3 +222,29 @@ def test_an_offline_wheel_that_differs_from_the_lock_is_refused(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "DO NOT MATCH THE HASHES" in result.stderr and "vine" in result.stderr
     assert not list((root / "opt/appliance").glob("lib/python3*/site-packages/appliance"))
+
+
+def test_with_flower_adds_flower_and_one_generated_credential_and_reruns_keep_them(
+    tmp_path: Path, wheelhouse: Path
+) -> None:
+    root = tmp_path / "root"
+    install(root, wheelhouse)  # an earlier install without Flower: its env file stays
+    out = install(root, wheelhouse, "--with-flower")
+    user, _, password = env_values(root)["FLOWER_BASIC_AUTH"].partition(":")
+    assert user == "appliance" and len(password) >= 24
+    assert password not in out
+    assert "added FLOWER_BASIC_AUTH to /etc/appliance/appliance.env" in out
+    assert "systemctl enable appliance-flower.service" in out
+    units = root / "etc/systemd/system"
+    assert (units / "appliance-flower.service.d" / "redis-local.conf").is_file()
+    installed = frozen(root / "opt/appliance/bin/python")
+    assert installed["flower"] == FLOWER_LOCK.read_text().split("flower==")[1].split()[0]
+    env_file = root / "etc/appliance/appliance.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o640
+
+    before = hashes(root)
+    again = install(root, wheelhouse)  # no flag: Flower is kept, nothing changes
+    assert "Flower is installed in /opt/appliance: keeping it" in again
+    assert "nothing changed" in again
+    assert hashes(root) == before
+    assert env_file.read_text().count("FLOWER_BASIC_AUTH=") == 1

@@ -2,7 +2,8 @@
 
 One machine per module; the tests run in file order and build on each other (install,
 start, readiness, a task, drain on stop, restart after SIGKILL, watchdog, health timer,
-idempotent re-install, uninstall), as an operator would go through them.
+Flower added with task events on, idempotent re-install, uninstall), as an operator would
+go through them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 WORKER = "appliance-worker@default.service"
 BEAT = "appliance-beat.service"
+FLOWER = "appliance-flower.service"
 APPLIANCE = "/opt/appliance/bin/appliance"
 INSTALL = "/root/appliance/scripts/install.sh"
 # Short limits so a killed worker's tasks come back quickly (the visibility timeout) and
@@ -231,13 +233,87 @@ def test_the_health_timer_runs_the_check_and_it_succeeds(installed: Machine) -> 
     assert "APPLIANCE OK" in m.journal(unit)
 
 
+# A GET of Flower's API on the machine, as the appliance user, with the credentials of the
+# env file (or none): prints {"status": ..., "body": ...}.
+FLOWER_GET = """
+import base64, json, sys, urllib.error, urllib.request
+request = urllib.request.Request("http://127.0.0.1:5555" + sys.argv[1])
+if sys.argv[2] == "auth":
+    env = open("/etc/appliance/appliance.env").read().splitlines()
+    (auth,) = [l.split("=", 1)[1] for l in env if l.startswith("FLOWER_BASIC_AUTH=")]
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        status, body = response.status, response.read().decode()
+    try:
+        body = json.loads(body)
+    except ValueError:  # /healthcheck says OK
+        pass
+    print(json.dumps({"status": status, "body": body}))
+except urllib.error.HTTPError as exc:
+    print(json.dumps({"status": exc.code, "body": None}))
+except OSError as exc:
+    print(json.dumps({"status": 0, "body": str(exc)}))
+"""
+
+
+def flower_get(machine: Machine, path: str, auth: bool = True) -> tuple[int, object]:
+    out = machine.run(
+        "/opt/appliance/bin/python", "-c", FLOWER_GET, path, "auth" if auth else "none",
+        user="appliance",
+    )  # fmt: skip
+    answer = json.loads(out.stdout)
+    return int(answer["status"]), answer["body"]
+
+
+def test_flower_shows_every_worker_and_with_task_events_every_task(installed: Machine) -> None:
+    m = installed
+    m.run("sh", "-c", "echo APPLIANCE_TASK_EVENTS=true >> /etc/appliance/appliance.env")
+    out = m.run("bash", INSTALL, "--wheelhouse", "/root/wheelhouse", "--with-flower", timeout=600)
+    assert "added FLOWER_BASIC_AUTH" in out.stdout, out.stdout
+    env = m.run("cat", "/etc/appliance/appliance.env").stdout
+    (auth,) = [line.split("=", 1)[1] for line in env.splitlines() if "FLOWER_BASIC_AUTH=" in line]
+    assert auth.split(":", 1)[1] not in out.stdout + out.stderr
+    m.run("systemctl", "restart", WORKER)  # the workers read APPLIANCE_TASK_EVENTS at start
+    wait_until(lambda: running(m, FLOWER), 60, "Flower to run")
+    assert m.show(FLOWER, "UnitFileState") == "enabled"
+    # The credentials are never on a command line (minbase has no ps: /proc itself).
+    cmdlines = m.run("sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '", check=False)
+    assert "appliance flower --address=127.0.0.1" in cmdlines.stdout
+    assert auth not in cmdlines.stdout
+    wait_until(lambda: flower_get(m, "/healthcheck", auth=False)[0] == 200, 60, "Flower")
+    assert flower_get(m, "/api/workers", auth=False)[0] == 401
+
+    consumers = int(m.run("python3", "-c", "import os; print(os.cpu_count())").stdout)
+
+    def workers() -> list[str] | None:
+        status, body = flower_get(m, "/api/workers?refresh=1")
+        nodes = sorted(n for n in body or {} if n.startswith("default."))  # type: ignore[union-attr]
+        return nodes if status == 200 and len(nodes) == consumers else None
+
+    nodes = wait_until(workers, 60, "Flower to list every consumer node", interval=1)
+    task_id = submit(m, "demo.add", "--args", "[20,22]")
+
+    def task() -> dict[str, object] | None:
+        status, body = flower_get(m, "/api/tasks")
+        found = (body or {}).get(task_id) if status == 200 else None  # type: ignore[union-attr]
+        return found if found and found.get("state") == "SUCCESS" else None
+
+    shown = wait_until(task, 60, "Flower to list the task as SUCCESS", interval=1)
+    assert shown["name"] == "demo.add" and shown["worker"] in nodes
+    assert str(shown["result"]) == "42"
+
+
 def test_a_second_install_changes_nothing_and_all_stays_healthy(installed: Machine) -> None:
     m = installed
-    before, pids = fingerprint(m), (main_pid(m), main_pid(m, BEAT))
+    before, pids = fingerprint(m), (main_pid(m), main_pid(m, BEAT), main_pid(m, FLOWER))
     out = m.run("bash", INSTALL, "--wheelhouse", "/root/wheelhouse", timeout=600).stdout
     assert "nothing changed" in out, out
+    assert "keeping it" in out  # Flower stays, without --with-flower
     assert fingerprint(m) == before
-    assert (main_pid(m), main_pid(m, BEAT)) == pids, "a no-op re-install restarted something"
+    assert (main_pid(m), main_pid(m, BEAT), main_pid(m, FLOWER)) == pids, (
+        "a no-op re-install restarted something"
+    )
     health = m.run(APPLIANCE, "health", user="appliance", check=False)
     assert health.returncode == 0, health.stdout
 

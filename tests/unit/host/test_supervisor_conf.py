@@ -54,3 +54,24 @@ def test_every_non_default_directive_is_commented() -> None:
     ]
     assert directives
     assert all(" ;" in line for line in directives), [d for d in directives if " ;" not in d]
+
+
+def test_flower_is_rendered_only_when_asked_for() -> None:
+    settings = load_settings()
+    plain = _parse(render(settings, bin_command="/a/bin/appliance", user="u", log_dir=Path("/l")))
+    assert "program:appliance-flower" not in plain.sections()
+    assert "appliance-flower" not in plain.get("group:appliance", "programs")
+    conf = _parse(
+        render(
+            settings, bin_command="/a/bin/appliance", user="u", log_dir=Path("/l"), flower_port=5600
+        )
+    )
+    assert conf.get("program:appliance-flower", "command").strip() == (
+        "/a/bin/appliance flower --address=127.0.0.1 --port=5600"
+    )
+    assert conf.get("group:appliance", "programs").strip().endswith(",appliance-flower")
+    # Neither flower missing (72) nor a missing credential (78) is restarted.
+    assert conf.get("program:appliance-flower", "exitcodes").strip() == "0,72,78"
+    assert conf.get("program:appliance-flower", "stdout_logfile").strip() == "/l/flower.log"
+    text = render(settings, bin_command="x", user="u", log_dir=Path("/l"), flower_port=5555)
+    assert "FLOWER_BASIC_AUTH=" not in text and "environment=" not in text  # no secret here

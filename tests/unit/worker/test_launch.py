@@ -48,6 +48,50 @@ def test_unknown_queue_or_group_is_a_config_error() -> None:
         worker_argv(load_settings(), WorkerOptions(group="nosuch"))
 
 
+def _events_step(argv: list[str], task_events_setting: bool) -> tuple[bool, object]:
+    """How Celery's Events bootstep comes up for a worker started with *argv*: enabled, and
+    the groups it sends (None: all, task events included)."""
+    from types import SimpleNamespace
+
+    from celery import Celery
+    from celery.bin.worker import worker
+    from celery.worker.consumer.events import Events
+
+    app = Celery("t", set_as_current=False)
+    params = worker.make_context("worker", argv[1:], obj=SimpleNamespace(app=app)).params
+    step = Events(
+        SimpleNamespace(),
+        # Not given on the command line: the worker takes worker_send_task_events.
+        task_events=params["task_events"] or task_events_setting,
+        without_heartbeat=params["without_heartbeat"],
+        without_gossip=params["without_gossip"],
+    )
+    return step.enabled, step.groups
+
+
+@pytest.mark.parametrize("consumer", [None, 0], ids=["prefork", "consumer"])
+def test_the_events_step_runs_with_worker_events_when_task_events_are_off(
+    consumer: int | None,
+) -> None:
+    """So `celery control enable_events` finds a dispatcher, and monitors see the nodes."""
+    argv = worker_argv(load_settings(), WorkerOptions(), consumer=consumer)
+    assert "--without-heartbeat" not in argv  # Celery's event heartbeat keeps the step on
+    assert {"--without-gossip", "--without-mingle"} <= set(argv)
+    assert "--task-events" not in argv
+    assert _events_step(argv, task_events_setting=False) == (True, ["worker"])
+
+
+@pytest.mark.parametrize("consumer", [None, 0], ids=["prefork", "consumer"])
+def test_task_events_setting_turns_on_every_event(
+    monkeypatch: pytest.MonkeyPatch, consumer: int | None
+) -> None:
+    monkeypatch.setenv("APPLIANCE_TASK_EVENTS", "true")
+    argv = worker_argv(load_settings(), WorkerOptions(), consumer=consumer)
+    assert "--task-events" in argv
+    assert {"--without-gossip", "--without-mingle"} <= set(argv)
+    assert _events_step(argv, task_events_setting=True) == (True, None)
+
+
 def test_beat_keeps_its_schedule_in_the_state_dir() -> None:
     settings = load_settings()
     assert _opt(beat_argv(settings), "--schedule") == str(settings.state_dir / "beat-schedule")

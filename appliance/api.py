@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from appliance.config.settings import Settings, get_settings
+from appliance.client.checks import (
+    app_with_tasks,
+    check_delay,
+    check_limits,
+    check_payload,
+    checked_target,
+    unknown_task,
+)
+from appliance.client.publish import NoAnswerError, publish, publish_fix
+from appliance.config.settings import get_settings
 from appliance.core import constants as C
-from appliance.core import exitcodes
 from appliance.core.text import first_line, mask_url
 from appliance.errors import (
-    ApplianceError,
     BrokerUnavailableError,
-    SubmitOptionError,
     TaskFailedError,
-    UnknownTaskError,
     WaitTimeoutError,
 )
 from appliance.records.models import TERMINAL_STATES
@@ -27,39 +31,6 @@ from appliance.records.models import TERMINAL_STATES
 # After a waited-for result arrives, wait this long at most for its record to say so too
 # (the result backend is written just before the record).
 _RECORD_SETTLE_SECONDS = 5.0
-
-
-class UnknownQueueError(ApplianceError):
-    """Raised when a submit names a queue that is not configured."""
-
-    exit_code = exitcodes.USAGE
-
-
-def _app() -> Any:
-    from appliance.celery_app import load_tasks
-
-    return load_tasks()
-
-
-def checked_target(name: str, queue: str | None) -> tuple[Any, Settings]:
-    """The app and settings, once *name* is a known task and *queue* a configured queue."""
-    app = _app()
-    if name not in app.tasks:
-        raise _unknown_task(name)
-    settings = get_settings()
-    if queue is not None and queue not in settings.queues:
-        raise UnknownQueueError(
-            f"unknown queue {queue!r}; fix: use one of {', '.join(settings.queues)} "
-            "or add it to APPLIANCE_QUEUES"
-        )
-    return app, settings
-
-
-def _unknown_task(name: str) -> UnknownTaskError:
-    return UnknownTaskError(
-        f"unknown task {name!r}; fix: check the name (`appliance tasks names` lists them) "
-        "or add its module to APPLIANCE_TASK_MODULES"
-    )
 
 
 def submit(
@@ -95,9 +66,9 @@ def submit(
         if soft_time_limit is None:
             own = soft != settings.task_soft_time_limit
             soft_origin = "the task's own" if own else "APPLIANCE_TASK_SOFT_TIME_LIMIT"
-        _check_limits(settings, soft, hard, soft_origin)
+        check_limits(settings, soft, hard, soft_origin)
     if countdown is not None or eta is not None:
-        _check_delay(settings, countdown, eta, hard)
+        check_delay(settings, countdown, eta, hard)
     check_payload(settings, name, args, kwargs)
     republish = task_id is not None
     task_id = task_id or str(uuid.uuid4())
@@ -115,8 +86,8 @@ def submit(
     if time_limit is not None:
         options["time_limit"] = time_limit
     try:
-        _publish(app, name, list(args), dict(kwargs or {}), options)
-    except _NoAnswerError:
+        publish(app, name, list(args), dict(kwargs or {}), options)
+    except NoAnswerError:
         if not republish:
             _forget(task_id)
         raise BrokerUnavailableError(
@@ -132,112 +103,9 @@ def submit(
         reason = first_line(exc)
         raise BrokerUnavailableError(
             f"could not publish {name} to {mask_url(settings.broker_url)} ({reason}); "
-            f"fix: {_publish_fix(reason)}"
+            f"fix: {publish_fix(reason, settings.broker_url, exc)}"
         ) from None
     return task_id
-
-
-class _NoAnswerError(Exception):
-    """Redis took the command but did not answer in time: it may still execute it."""
-
-
-def _give_up_on_timeout(exc: BaseException, interval: float) -> None:
-    """kombu's errback between publish attempts: retry a refused or reset connection,
-    never a timeout. A timed-out LPUSH may sit unread in the socket of a paused or
-    overloaded Redis and run later; each retry would queue one more copy."""
-    import redis
-
-    if isinstance(exc, (redis.TimeoutError, TimeoutError)):
-        raise _NoAnswerError(str(exc))
-
-
-# Publishing connections per (process, broker URL): reads give up after
-# PUBLISH_SOCKET_TIMEOUT, not the worker's REDIS_SOCKET_TIMEOUT.
-_publish_pools: dict[tuple[int, str], Any] = {}
-
-
-def _publish(
-    app: Any, name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
-) -> None:
-    key = (os.getpid(), str(app.conf.broker_url))
-    pool = _publish_pools.get(key)
-    if pool is None:
-        timeouts = {"socket_timeout": C.PUBLISH_SOCKET_TIMEOUT}
-        connection = app.connection_for_write(transport_options=timeouts)
-        pool = _publish_pools.setdefault(key, connection.Pool(limit=app.conf.broker_pool_limit))
-    policy = dict(app.conf.task_publish_retry_policy, errback=_give_up_on_timeout)
-    from appliance.broker.result_backend import no_subscription
-
-    # No result subscription at publish: `wait` subscribes when it is called.
-    with pool.acquire(block=True) as connection, no_subscription():
-        app.send_task(
-            name, args=args, kwargs=kwargs, connection=connection, retry_policy=policy, **options
-        )
-
-
-def check_payload(
-    settings: Settings, name: str, args: Any, kwargs: Any, what: str = "the arguments"
-) -> int:
-    """Refuse arguments that JSON cannot carry or that exceed APPLIANCE_MAX_PAYLOAD_BYTES,
-    before any record is written or anything published; return their size in bytes."""
-    from kombu.utils.json import dumps  # the worker's serializer: same types, same size
-
-    try:
-        size = len(dumps([list(args), dict(kwargs or {})]).encode())  # type: ignore[no-untyped-call]
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise SubmitOptionError(
-            f"{what} of {name} cannot be sent as JSON ({first_line(exc)}); fix: pass only "
-            "JSON types (str, int, float, bool, None, list, dict)"
-        ) from None
-    cap = settings.max_payload_bytes
-    if cap and size > cap:
-        raise SubmitOptionError(
-            f"{what} of {name} are {size} bytes of JSON, over APPLIANCE_MAX_PAYLOAD_BYTES="
-            f"{cap}; fix: pass a reference (a file path, URL or database id) instead of the "
-            "data, or raise APPLIANCE_MAX_PAYLOAD_BYTES"
-        )
-    return size
-
-
-def _check_limits(settings: Settings, soft: float, hard: float, soft_origin: str) -> None:
-    """Refuse per-call limits the worker would not keep."""
-    if soft > hard:
-        # The prefork pool arms the hard timer only once the soft one has fired.
-        origin = f" ({soft_origin})" if soft_origin else ""
-        raise SubmitOptionError(
-            f"soft time limit {soft:g}s{origin} is above the hard time limit {hard:g}s, and "
-            "the worker starts the hard timer only when the soft one fires, so nothing would "
-            f"stop the task at {hard:g}s; fix: also give --soft-time-limit of at most {hard:g}"
-        )
-    if hard >= settings.visibility_timeout:
-        raise SubmitOptionError(
-            f"time limit {hard:g}s is not below APPLIANCE_VISIBILITY_TIMEOUT="
-            f"{settings.visibility_timeout}s, so Redis would hand the still-running task to "
-            "a second worker; fix: lower the time limit or raise APPLIANCE_VISIBILITY_TIMEOUT"
-        )
-
-
-def _check_delay(
-    settings: Settings, countdown: float | None, eta: datetime | None, hard: float
-) -> None:
-    """Refuse a delay Redis cannot keep: a worker holds a delayed message unacked until it
-    has run, and after the visibility timeout Redis delivers it again (celery #5306, #5935)."""
-    ahead, what = 0.0, "a delay of 0s"
-    if countdown is not None:
-        ahead, what = countdown, f"countdown {countdown:g}s"
-    if eta is not None:
-        eta_utc = eta if eta.tzinfo else eta.replace(tzinfo=UTC)
-        seconds = (eta_utc - datetime.now(UTC)).total_seconds()
-        if seconds > ahead:
-            ahead, what = seconds, f"ETA {eta_utc.isoformat()} ({seconds:.0f}s ahead)"
-    allowed = settings.visibility_timeout - hard
-    if ahead >= allowed:
-        raise SubmitOptionError(
-            f"{what} plus the hard time limit {hard:g}s is beyond APPLIANCE_VISIBILITY_TIMEOUT="
-            f"{settings.visibility_timeout}s, so Redis would deliver the task again and again "
-            f"(celery #5306, #5935); fix: stay under {allowed:g}s ahead (use beat for later "
-            "work) or raise APPLIANCE_VISIBILITY_TIMEOUT"
-        )
 
 
 def submit_workflow(workflow: Any) -> str:
@@ -252,11 +120,11 @@ def submit_workflow(workflow: Any) -> str:
     """
     from celery.canvas import maybe_signature
 
-    app = _app()
+    app = app_with_tasks()
     workflow = maybe_signature(workflow, app=app)
     for name in set(_task_names(workflow)):
         if name not in app.tasks:
-            raise _unknown_task(name)
+            raise unknown_task(name)
     # Celery gives each member of a group or chord sent by a client its own root id;
     # freezing first tells us the result's id, which all members then share.
     root_id = str(workflow.freeze().id)
@@ -268,7 +136,7 @@ def submit_workflow(workflow: Any) -> str:
         reason = first_line(exc)
         raise BrokerUnavailableError(
             f"could not publish the workflow {root_id} to {mask_url(settings.broker_url)} "
-            f"({reason}); fix: {_publish_fix(reason)}"
+            f"({reason}); fix: {publish_fix(reason, settings.broker_url, exc)}"
         ) from None
     return root_id
 
@@ -301,18 +169,6 @@ def _forget_workflow(root_id: str) -> None:
             maintenance.delete_record(url, record["id"])
 
 
-def _publish_fix(reason: str) -> str:
-    """The fix for a refused publish, from Redis's reason."""
-    if "MISCONF" in reason:
-        # Redis could not write its AOF/RDB file (disk full or failing) and refuses writes.
-        return (
-            "Redis cannot write its persistence file to disk (disk full or failing) and "
-            "refuses writes until it can: free space on the disk of Redis's `dir` (its log "
-            "names the error); it accepts writes again by itself"
-        )
-    return "check APPLIANCE_BROKER_URL and that redis-server is running and writable"
-
-
 def _forget(task_id: str) -> None:
     from appliance.records import maintenance
 
@@ -341,19 +197,56 @@ def wait(task_id: str, timeout: float) -> Any:
     from celery.result import AsyncResult
 
     deadline = time.monotonic() + timeout
-    result = AsyncResult(task_id, app=_app())
+    result = AsyncResult(task_id, app=app_with_tasks())
     try:
         value = result.get(timeout=timeout, propagate=False, interval=0.1)
     except CeleryTimeout:
-        raise WaitTimeoutError(
-            f"task {task_id} did not finish within {timeout:g}s (state {result.state}); "
-            "fix: wait longer, or check `appliance tasks show` and that a worker consumes "
-            "its queue"
-        ) from None
+        raise WaitTimeoutError(_not_finished(task_id, timeout, result.state)) from None
+    finally:
+        _release(result)
     _settle_record(task_id, min(_RECORD_SETTLE_SECONDS, max(0.5, deadline - time.monotonic())))
     if result.state != "SUCCESS":
         raise TaskFailedError(f"task {task_id} ended {result.state}: {_describe(value)}")
     return value
+
+
+def _release(result: Any) -> None:
+    """Stop waiting on *result* now. Celery keeps a result whose get() timed out or was
+    interrupted until its task is ready, and its __del__ at interpreter exit then printed
+    `Exception ignored in: <function AsyncResult.__del__>` (sys.meta_path is None)."""
+    backend = result.backend
+    if backend is None:
+        return
+    with contextlib.suppress(Exception):
+        backend.remove_pending_result(result)
+    result.backend = None  # nothing left for __del__ to do
+
+
+def _not_finished(task_id: str, timeout: float, result_state: str) -> str:
+    """The time-out line, with the state the task's record has (the result backend says
+    PENDING until the task ends): still queued, or running on a worker."""
+    try:
+        record = get_task(task_id)
+    except Exception:
+        record = None
+    state = record["status"] if record else result_state
+    head = f"task {task_id} did not finish within {timeout:g}s"
+    show = f"`appliance tasks show {task_id}`"
+    if state in ("STARTED", "PROGRESS"):
+        worker = f" on {record['worker']}" if record and record.get("worker") else ""
+        return (
+            f"{head} (state {state}: it is running{worker} and goes on); fix: wait longer "
+            f"(--wait), or follow it with {show}"
+        )
+    if state == "RETRY":
+        return (
+            f"{head} (state RETRY: it failed and waits for its next attempt); fix: wait longer, "
+            f"or see why with {show}"
+        )
+    return (
+        f"{head} (state {state}: still queued, no worker has started it); fix: wait longer, "
+        "or check that a worker consumes its queue (`appliance status`)"
+    )
 
 
 def _describe(value: Any) -> str:

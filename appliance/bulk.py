@@ -11,8 +11,9 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from appliance.api import _publish_fix, check_payload, checked_target
 from appliance.broker.result_backend import no_subscription
+from appliance.client.checks import check_payload, checked_target
+from appliance.client.publish import publish_fix
 from appliance.core.text import first_line, mask_url
 from appliance.errors import BrokerUnavailableError, SubmitOptionError
 from appliance.records import signals as record_signals
@@ -112,7 +113,7 @@ def submit_many(
                 f"could not publish {name} to {mask_url(settings.broker_url)} ({reason}) "
                 f"after {len(accepted)} of {len(ids)} tasks; {len(uncertain)} more are "
                 "uncertain (their PENDING records are kept: `appliance tasks reconcile` "
-                f"queues any that did not arrive); fix: {_publish_fix(reason)}",
+                f"queues any that did not arrive); fix: {publish_fix(reason)}",
                 accepted,
                 uncertain,
             ) from None

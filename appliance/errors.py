@@ -23,6 +23,12 @@ class UnknownTaskError(ApplianceError):
     exit_code = exitcodes.UNKNOWN_TASK
 
 
+class UnknownQueueError(ApplianceError):
+    """Raised when a submit names a queue that is not configured."""
+
+    exit_code = exitcodes.USAGE
+
+
 class BrokerUnavailableError(ApplianceError):
     """Raised when Redis cannot be reached or refuses a publish."""
 
@@ -65,3 +71,16 @@ class SubmitOptionError(ApplianceError):
     limit above the hard one. Nothing is queued."""
 
     exit_code = exitcodes.USAGE
+
+
+class NotConfirmedError(ApplianceError):
+    """Raised by a destructive command that may not ask (no terminal) and got no --yes, or
+    whose question was answered no. Nothing is changed."""
+
+    exit_code = exitcodes.NOT_CONFIRMED
+
+
+class InterruptedByUser(ApplianceError):
+    """Raised on Ctrl-C where the command has something to say about what goes on."""
+
+    exit_code = exitcodes.INTERRUPTED

@@ -30,9 +30,14 @@ def retry(settings: Settings, task_id: str, *, force: bool = False) -> str:
     if record is None:
         raise RecordNotFoundError(f"no task record with id {task_id}; fix: check the id")
     if record["status"] not in RETRYABLE and not force:
+        if record["status"] == "SUCCESS":
+            raise ApplianceError(
+                f"task {task_id} already succeeded (SUCCESS), so there is nothing to retry; "
+                "fix: pass --force to run it again anyway"
+            )
         raise ApplianceError(
-            f"task {task_id} is {record['status']}, not FAILURE or REVOKED; "
-            "fix: wait for it to finish, or pass --force to run it again anyway"
+            f"task {task_id} is {record['status']}, not FAILURE or REVOKED: it has not "
+            "finished yet; fix: wait for it to finish, or pass --force to run it again anyway"
         )
     queue = record["queue"] if record["queue"] in settings.queues else None
     args, kwargs = record["args"] or [], record["kwargs"] or {}
@@ -69,15 +74,33 @@ def retry_failed(
     return [(r["id"], retry(settings, r["id"])) for r in records]
 
 
-def revoke(settings: Settings, task_id: str, *, terminate: bool = False) -> None:
+def revoke(
+    settings: Settings, task_id: str, *, terminate: bool = False, must_exist: bool = False
+) -> dict[str, Any] | None:
     """Revoke a task: broadcast to running workers, persist for workers that start later,
-    and mark its record REVOKED unless it already finished."""
+    and mark its record REVOKED unless it already finished or (without *terminate*) is
+    running. Return its record as it was before, or None when it has none.
+
+    With *must_exist*, a task id without a record is RecordNotFoundError and nothing is
+    revoked (a mistyped id); without it, such an id is revoked all the same (a task sent
+    by a client that writes no records).
+    """
     import redis
 
     from appliance.broker.admin import client, unavailable
     from appliance.celery_app import load_tasks
     from appliance.records import store
+    from appliance.records.db import translate_errors
 
+    url = settings.effective_database_url
+    with translate_errors(url):
+        before = store.get_record(url, task_id)
+    if before is None and must_exist:
+        raise RecordNotFoundError(
+            f"no task record with id {task_id}, so nothing was revoked; fix: check the id "
+            "(`appliance tasks list`), or pass --force to revoke it anyway (a task sent by a "
+            "client that writes no records)"
+        )
     now = time.time()
     try:
         pipe = client(settings).pipeline(transaction=True)
@@ -90,14 +113,14 @@ def revoke(settings: Settings, task_id: str, *, terminate: bool = False) -> None
         load_tasks().control.revoke(task_id, terminate=terminate, signal="SIGTERM")
     except (redis.RedisError, OSError) as exc:
         raise unavailable(settings, exc) from None
-    record = store.get_record(settings.effective_database_url, task_id)
-    if record is not None and record["status"] not in C.TERMINAL_STATES:
-        if record["status"] in ("STARTED", "PROGRESS") and not terminate:
-            return  # it runs to the end; only its redeliveries are discarded
-        reason = "terminated by operator" if terminate else "revoked by operator"
-        store.record_revoked(
-            settings.effective_database_url, task_id=task_id, name=record["name"], reason=reason
-        )
+    with translate_errors(url):
+        record = store.get_record(url, task_id)
+        if record is not None and record["status"] not in C.TERMINAL_STATES:
+            if record["status"] in ("STARTED", "PROGRESS") and not terminate:
+                return record  # it runs to the end; only its redeliveries are discarded
+            reason = "terminated by operator" if terminate else "revoked by operator"
+            store.record_revoked(url, task_id=task_id, name=record["name"], reason=reason)
+    return record if record is not None else before
 
 
 def persisted_revokes(redis_client: Any) -> list[str]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install (or upgrade) the Celery Appliance on a Debian/Ubuntu host, as root.
 #
-#   scripts/install.sh [--redis-url URL] [--supervisor] [--wheelhouse DIR] [--dry-run] [--root DIR]
+#   scripts/install.sh [--redis-url URL] [--supervisor] [--wheelhouse DIR] [--with-flower]
+#                      [--dry-run] [--root DIR] [--no-start]
 #
 # What it does, each step only when needed (a re-run is an upgrade and changes nothing else):
 #   apt packages that are missing (python3-venv; redis-server unless --redis-url;
@@ -26,9 +27,16 @@
 #                     prefixed, and systemctl, apt-get, useradd, chown and the appliance's own
 #                     commands are printed instead of run
 #   --no-start        install and enable, but start nothing (and skip the health check)
+#   --with-flower     also Flower, the web monitor, on 127.0.0.1:5555: the venv from the lock
+#                     with the flower extra (requirements/runtime-flower.txt, or a wheelhouse's
+#                     requirements-flower.txt: `make wheelhouse FLOWER=1`), FLOWER_BASIC_AUTH
+#                     generated into the env file once (not printed), appliance-flower enabled
+#                     and started (--supervisor: its program). Re-runs keep Flower while it is
+#                     installed in the venv.
 #
 # Exit codes: 0 installed (health OK or WARNING); 1 a step failed; 64 bad usage;
-# 65 bad --redis-url; 66 --wheelhouse has no wheel of this package, or no lock file;
+# 65 bad --redis-url; 66 --wheelhouse has no wheel of this package, or no lock file (with
+# --with-flower: no flower lock);
 # 69 unsupported OS or no systemd (use --supervisor); 72 no python3 >= 3.11; 75 installed,
 # but the health check is CRITICAL/UNKNOWN; 77 not root.
 set -euo pipefail
@@ -58,8 +66,13 @@ DEFAULT_GROUPS="default=default,high,low,celery"
 # The lock of the runtime dependencies, with hashes (`make lock`); a wheelhouse carries its own.
 CHECKOUT_LOCK=$CHECKOUT/requirements/runtime.txt
 WHEELHOUSE_LOCK=requirements.txt
+# The same plus the flower extra, for --with-flower (`make lock`; `make wheelhouse FLOWER=1`).
+CHECKOUT_FLOWER_LOCK=$CHECKOUT/requirements/runtime-flower.txt
+WHEELHOUSE_FLOWER_LOCK=requirements-flower.txt
+FLOWER_UNIT=appliance-flower.service
+FLOWER_ADDRESS=http://127.0.0.1:5555
 
-REDIS_URL="" SUPERVISOR=0 WHEELHOUSE="" DRY_RUN=0 ROOT="" START=1 LOCK=""
+REDIS_URL="" SUPERVISOR=0 WHEELHOUSE="" DRY_RUN=0 ROOT="" START=1 LOCK="" FLOWER=0
 CHANGED=() PRINTED=()
 
 say() { printf 'install.sh: %s\n' "$*"; }
@@ -77,6 +90,7 @@ while [ $# -gt 0 ]; do
         --root) [ $# -ge 2 ] || die $EX_USAGE "--root needs a directory"; ROOT=$2; shift 2 ;;
         --root=*) ROOT=${1#*=}; shift ;;
         --no-start) START=0; shift ;;
+        --with-flower) FLOWER=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die $EX_USAGE "unknown option $1; fix: see scripts/install.sh --help" ;;
     esac
@@ -198,7 +212,16 @@ check_host() {
     find_lock
 }
 
+flower_in_venv() {
+    compgen -G "$ROOT$VENV/lib/python3*/site-packages/flower-*.dist-info" >/dev/null
+}
+
 find_lock() {
+    if [ "$FLOWER" -eq 0 ] && flower_in_venv; then
+        say "Flower is installed in $VENV: keeping it (as with --with-flower)"
+        FLOWER=1
+    fi
+    [ "$FLOWER" -eq 0 ] || { find_flower_lock; return 0; }
     # A wheelhouse built from a lock (`make wheelhouse`) carries that lock, which matches its
     # wheels; else the checkout's. Without one there is no install: unpinned is not offered.
     if [ -n "$WHEELHOUSE" ] && [ -f "$WHEELHOUSE/$WHEELHOUSE_LOCK" ]; then
@@ -207,6 +230,21 @@ find_lock() {
         LOCK=$CHECKOUT_LOCK
     else
         die $EX_NO_WHEEL "no lock file: neither ${WHEELHOUSE:+$WHEELHOUSE/$WHEELHOUSE_LOCK nor }$CHECKOUT_LOCK; fix: build the wheelhouse with make wheelhouse (or run install.sh from a checkout)"
+    fi
+}
+
+find_flower_lock() {
+    # The runtime lock plus the flower extra, at the same versions: the wheelhouse's when it
+    # carries locks (it must then carry this one too, else its wheels lack Flower's), else
+    # the checkout's.
+    if [ -n "$WHEELHOUSE" ] && [ -f "$WHEELHOUSE/$WHEELHOUSE_FLOWER_LOCK" ]; then
+        LOCK=$WHEELHOUSE/$WHEELHOUSE_FLOWER_LOCK
+    elif [ -n "$WHEELHOUSE" ] && [ -f "$WHEELHOUSE/$WHEELHOUSE_LOCK" ]; then
+        die $EX_NO_WHEEL "--with-flower: $WHEELHOUSE has no $WHEELHOUSE_FLOWER_LOCK (nor Flower's wheels); fix: build it with make wheelhouse FLOWER=1"
+    elif [ -f "$CHECKOUT_FLOWER_LOCK" ]; then
+        LOCK=$CHECKOUT_FLOWER_LOCK
+    else
+        die $EX_NO_WHEEL "--with-flower: no flower lock: neither ${WHEELHOUSE:+$WHEELHOUSE/$WHEELHOUSE_FLOWER_LOCK nor }$CHECKOUT_FLOWER_LOCK; fix: build the wheelhouse with make wheelhouse FLOWER=1 (or run install.sh from a checkout)"
     fi
 }
 
@@ -268,6 +306,26 @@ APPLIANCE_WORKER_GROUPS=$DEFAULT_GROUPS
 # (re-run install.sh after a change).
 APPLIANCE_TASK_TIME_LIMIT=$DEFAULT_TIME_LIMIT
 EOF
+}
+
+flower_credentials() {
+    # Flower's HTTP basic auth, generated once into the env file and never printed: the UI
+    # and /api/* ask for it (`appliance flower` refuses to run without it).
+    [ "$FLOWER" -eq 1 ] || return 0
+    [ -z "$(env_value FLOWER_BASIC_AUTH)" ] || return 0
+    local password
+    if [ "$DRY_RUN" -eq 1 ]; then
+        say "would append FLOWER_BASIC_AUTH (a generated password) to $ROOT$ENV_FILE"
+    else
+        password=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))')
+        cat >>"$ROOT$ENV_FILE" <<EOF
+
+# Flower's HTTP basic auth (USER:PASSWORD) for its UI and API on $FLOWER_ADDRESS,
+# generated by install.sh --with-flower (docs/operations.md, Monitoring with Flower).
+FLOWER_BASIC_AUTH=appliance:$password
+EOF
+    fi
+    changed "added FLOWER_BASIC_AUTH to $ENV_FILE"
 }
 
 redis_maxmemory_mb() {
@@ -407,8 +465,10 @@ install_units() {
     put_file "$UNIT_DIR/appliance-worker@.service" 0644 root:root \
         < <(sed "s/^TimeoutStopSec=.*/TimeoutStopSec=$timeout/" "$src/appliance-worker@.service") \
         && units_changed=1
+    local dropins=(appliance-worker@.service appliance-beat.service)
+    [ "$FLOWER" -eq 0 ] || dropins+=("$FLOWER_UNIT")
     if [ -z "$REDIS_URL" ]; then
-        for unit in appliance-worker@.service appliance-beat.service; do
+        for unit in "${dropins[@]}"; do
             put_file "$UNIT_DIR/$unit.d/redis-local.conf" 0644 root:root <"$src/redis-local.conf" \
                 && units_changed=1
         done
@@ -421,6 +481,7 @@ enable_units() {
     local groups=() group wanted instance
     mapfile -t groups < <(worker_groups)
     host systemctl enable appliance.target appliance-beat.service appliance-healthcheck.timer
+    [ "$FLOWER" -eq 0 ] || host systemctl enable "$FLOWER_UNIT"
     for group in "${groups[@]}"; do host systemctl enable "appliance-worker@$group.service"; done
     # A group that is no longer configured: stop and disable its instance.
     for wanted in "$ROOT$UNIT_DIR"/appliance.target.wants/appliance-worker@*.service; do
@@ -439,20 +500,22 @@ enable_units() {
             host systemctl try-restart "appliance-worker@$group.service"
         done
         host systemctl try-restart appliance-beat.service
+        [ "$FLOWER" -eq 0 ] || host systemctl try-restart "$FLOWER_UNIT"
     fi
     # Type=notify: this returns once every worker and beat has said READY.
     host systemctl start appliance.target appliance-healthcheck.timer
 }
 
 install_supervisor() {
-    local rendered
+    local rendered flower_flag=()
+    [ "$FLOWER" -eq 0 ] || flower_flag=(--flower)
     make_dir "$(dirname "$SUPERVISOR_CONF")" 0755 root:root
     if [ "$DRY_RUN" -eq 1 ] && [ ! -x "$ROOT$VENV/bin/python" ]; then
-        say "would write $ROOT$SUPERVISOR_CONF (appliance deploy supervisor-conf)"
+        say "would write $ROOT$SUPERVISOR_CONF (appliance deploy supervisor-conf${flower_flag[*]:+ ${flower_flag[*]}})"
     else
         rendered=$(APPLIANCE_ENV_FILE=$ROOT$ENV_FILE APPLIANCE_STATE_DIR=$STATE_DIR \
             "$ROOT$VENV/bin/python" -m appliance deploy supervisor-conf \
-            --bin "$VENV/bin/appliance" --user "$USER_NAME" --log-dir "$LOG_DIR")
+            --bin "$VENV/bin/appliance" --user "$USER_NAME" --log-dir "$LOG_DIR" "${flower_flag[@]}")
         if put_file "$SUPERVISOR_CONF" 0644 root:root <<<"$rendered"; then
             UNITS_CHANGED=1
         fi
@@ -502,6 +565,9 @@ summary() {
         say "manage: systemctl status 'appliance-*'; journalctl -u 'appliance-*'"
     fi
     say "settings: $ENV_FILE; check: $VENV/bin/appliance health"
+    if [ "$FLOWER" -eq 1 ]; then
+        say "flower: $FLOWER_ADDRESS (user and password: FLOWER_BASIC_AUTH in $ENV_FILE)"
+    fi
 }
 
 check_host "$@"
@@ -511,6 +577,7 @@ install_packages
 create_user
 make_dirs
 write_env_file
+flower_credentials
 tune_redis
 install_venv
 install_helpers

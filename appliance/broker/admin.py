@@ -7,8 +7,9 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 
+from appliance.broker import reach
 from appliance.config.settings import Settings
-from appliance.core.text import mask_url
+from appliance.core.text import first_line
 from appliance.errors import BrokerUnavailableError
 
 
@@ -31,6 +32,7 @@ def connect(url: str, master_name: str | None = None, **kwargs: Any) -> redis.Re
     sentinels for *master_name*'s address on every new connection, so after a failover
     it reconnects to the promoted replica by itself.
     """
+    reach.reaching()
     if urlsplit(url).scheme != "sentinel":
         return redis.Redis.from_url(url, **kwargs)
     if not master_name:
@@ -58,6 +60,7 @@ def on_kombu_pool(app: Any) -> tuple[Any, redis.Redis]:
     rediss:// and the socket timeouts apply exactly as for the broker. Release the
     connection when done with the client.
     """
+    reach.reaching()
     connection = app.connection_for_write()
     try:
         pool = connection.channel().pool
@@ -75,7 +78,10 @@ def sentinel_hosts(url: str) -> tuple[list[tuple[str, int]], Any]:
 
 
 def unavailable(settings: Settings, exc: Exception) -> BrokerUnavailableError:
-    return BrokerUnavailableError(
-        f"Redis at {mask_url(settings.broker_url)} is unreachable ({exc}); "
-        "fix: start redis-server or correct APPLIANCE_BROKER_URL"
-    )
+    """Exit 69 with one line: Redis down, or refusing the login (a wrong password), and
+    the fix, pointing where the broker URL came from."""
+    reason = first_line(exc)
+    if reach.is_auth_error(exc) and not reach.is_auth_error(reason):
+        reason = f"{type(exc).__name__}: {reason}"
+    url = settings.broker_url
+    return BrokerUnavailableError(reach.problem(url, reason, reach.origin_of(url)))

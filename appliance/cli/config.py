@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
@@ -43,17 +41,23 @@ def show(cli: CliContext, as_json: bool) -> None:
 @config.command("check")
 @pass_cli
 def check(cli: CliContext) -> None:
-    """Validate the settings and import the task modules; exit 0, or 78 with the reason."""
-    settings = cli.settings
-    for module in settings.task_modules:
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            raise ConfigError(
-                f"APPLIANCE_TASK_MODULES: module {module!r} does not import "
-                f"({type(exc).__name__}: {exc}); fix: install it or correct the name"
-            ) from None
-    click.echo("config OK")
+    """Validate everything that needs no network: the env file, URLs, the state dir and the
+    SQLite file (paths, permissions), the database driver, TLS files, the task modules.
+
+    Exit 0, or 78 with one line per problem. Reaching Redis and the database is
+    `appliance health --db`.
+    """
+    from appliance.config.envsource import ignored_lines_quiet
+    from appliance.config.offline import problems
+
+    with ignored_lines_quiet():  # reported below, as errors
+        found = problems(cli.settings)
+    if not found:
+        click.echo("config OK")
+        return
+    for line in found[:-1]:
+        click.echo(f"appliance: error: {line}", err=True)
+    raise ConfigError(found[-1])
 
 
 COMMANDS = [config]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -35,3 +36,19 @@ def echo_json(data: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def confirm_destructive(command: str, what: str, yes: bool) -> None:
+    """Ask before *command* deletes *what* (e.g. "3 task records"); without a terminal
+    to ask on, --yes is the only way (exit 64, nothing deleted)."""
+    from appliance.errors import NotConfirmedError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise NotConfirmedError(
+            f"{command} deletes {what}; pass --yes to confirm without a terminal "
+            "(nothing was deleted)"
+        )
+    if not click.confirm(f"Delete {what}?", default=False):
+        raise NotConfirmedError("not confirmed; nothing was deleted")

@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
+from appliance.cli.context import (
+    CliContext,
+    confirm_destructive,
+    echo_json,
+    json_option,
+    pass_cli,
+)
 from appliance.errors import ApplianceError, RecordNotFoundError
 
 
@@ -86,6 +92,8 @@ def show(cli: CliContext, letter_id: str, as_json: bool) -> None:
         echo_json(data)
         return
     for key, value in data.items():
+        if key == "stored_at" and isinstance(value, (int, float)):
+            value = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(value))
         if key != "raw_b64" and value not in (None, ""):
             click.echo(f"{key + ':':<14}{value}")
 
@@ -119,8 +127,7 @@ def drop(cli: CliContext, letter_id: str, yes: bool) -> None:
     from appliance.broker import deadletter
 
     _find(cli, letter_id)
-    if not yes:
-        click.confirm(f"Delete dead letter {letter_id} for good?", abort=True)
+    confirm_destructive("appliance deadletter drop", f"dead letter {letter_id} for good", yes)
     deadletter.drop(_client(cli), letter_id)
     click.echo(f"dropped {letter_id}")
 

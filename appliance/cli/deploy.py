@@ -30,8 +30,22 @@ def deploy() -> None:
     show_default=True,
     help="Directory of the program logs.",
 )
+@click.option(
+    "--flower",
+    "with_flower",
+    is_flag=True,
+    help="Add the Flower program (`appliance flower` on 127.0.0.1; the flower extra).",
+)
+@click.option("--flower-port", type=click.IntRange(1, 65535), default=5555, show_default=True)
 @pass_cli
-def supervisor_conf(cli: CliContext, bin_command: str, user: str, log_dir: Path) -> None:
+def supervisor_conf(
+    cli: CliContext,
+    bin_command: str,
+    user: str,
+    log_dir: Path,
+    with_flower: bool,
+    flower_port: int,
+) -> None:
     """Print the supervisord programs (one worker per queue group, beat) for conf.d/.
 
     Worker groups, stop timeouts and the state dir come from the settings, so run it with
@@ -39,7 +53,14 @@ def supervisor_conf(cli: CliContext, bin_command: str, user: str, log_dir: Path)
     """
     from appliance.host.supervisor_conf import render
 
-    click.echo(render(cli.settings, bin_command=bin_command, user=user, log_dir=log_dir), nl=False)
+    rendered = render(
+        cli.settings,
+        bin_command=bin_command,
+        user=user,
+        log_dir=log_dir,
+        flower_port=flower_port if with_flower else None,
+    )
+    click.echo(rendered, nl=False)
 
 
 COMMANDS = [deploy]

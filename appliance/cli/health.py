@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from appliance.health.config import DEFAULT_THRESHOLDS
 
 _UNKNOWN = 3
+
+
+class NagiosCommand(click.Command):
+    """A command with Nagios exit codes: a bad argument is the checker's own failure,
+    UNKNOWN (exit 3) with one line on stdout, not click's usage error (2, CRITICAL)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            path = f"{parent.command_path} {info_name}" if parent else str(info_name)
+            click.echo(
+                f"APPLIANCE UNKNOWN - bad argument: {exc.format_message().rstrip('.')}; "
+                f"fix: see `{path} --help`"
+            )
+            raise click.exceptions.Exit(_UNKNOWN) from None
 
 
 def _thresholds(
@@ -30,7 +52,7 @@ def _thresholds(
     return parsed
 
 
-@click.command("health")
+@click.command("health", cls=NagiosCommand)
 @click.option(
     "--format",
     "fmt",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from appliance.cli.context import CliContext, echo_json, pass_cli
+from appliance.cli.context import CliContext, confirm_destructive, echo_json, pass_cli
 
 
 def _snapshot(cli: CliContext) -> dict[str, Any]:
@@ -64,12 +64,14 @@ def queues(ctx: click.Context, as_json: bool) -> None:
         return
     from tabulate import tabulate
 
+    from appliance.cli.status import oldest
+
     rows = [
         [
             q["queue"],
             q["depth"],
             " ".join(f"p{p}:{n}" for p, n in q["by_priority"].items() if n),
-            f"{q['oldest_age']:.0f}s",
+            oldest(q),
             ",".join(q["consumed_by"]) or "(none)",
         ]
         for q in data["queues"]
@@ -79,7 +81,7 @@ def queues(ctx: click.Context, as_json: bool) -> None:
     unacked = data["unacked"]
     click.echo(
         f"\nunacked (taken by workers, not yet acknowledged): {unacked['count']}, "
-        f"oldest {unacked['oldest_age']:.0f}s"
+        f"oldest {oldest(unacked)}"
     )
     for warning in data["warnings"]:
         click.echo(f"appliance: warning: {warning}", err=True)
@@ -102,8 +104,9 @@ def purge(cli: CliContext, name: str, yes: bool) -> None:
     settings = cli.settings
     if name not in settings.queues:
         raise click.BadParameter(f"unknown queue {name!r}; use one of {', '.join(settings.queues)}")
-    if not yes:
-        click.confirm(f"Delete every waiting message in queue {name!r}?", abort=True)
+    confirm_destructive(
+        "appliance queues purge", f"every waiting message of queue {name} (all priorities)", yes
+    )
     try:
         count, ids = purge_queue(client(settings), name)
     except redis.RedisError as exc:

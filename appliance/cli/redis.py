@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
+from appliance.cli.health import NagiosCommand
 
 
 @click.group("redis")
@@ -15,13 +16,14 @@ def redis_group() -> None:
     """Check and tune the broker's Redis."""
 
 
-@redis_group.command("check")
+@redis_group.command("check", cls=NagiosCommand)
 @json_option
 @pass_cli
 def check(cli: CliContext, as_json: bool) -> None:
     """The Redis part of `appliance health`, with advice; Nagios exit codes."""
     import time
 
+    from appliance.broker import reach
     from appliance.broker.tuning import host_advice
     from appliance.health import output
     from appliance.health.checks import check_redis
@@ -34,16 +36,15 @@ def check(cli: CliContext, as_json: bool) -> None:
         with Resp(cfg.broker_url) as conn:
             checks = check_redis(cfg, conn, time.time())
     except RespConnectionError as exc:
-        checks = [Check("redis", 2, f"Redis unreachable ({exc}); fix: start redis-server")]
+        checks = [Check("redis", 2, reach.problem(cfg.broker_url, str(exc), cfg.broker_origin))]
     except RespError as exc:
-        checks = [
-            Check(
-                "redis",
-                2,
-                f"Redis refused the check ({exc}); "
-                "fix: check the user/password in APPLIANCE_BROKER_URL",
-            )
-        ]
+        message = (
+            reach.problem(cfg.broker_url, str(exc), cfg.broker_origin)
+            if reach.is_auth_error(exc)
+            else f"Redis refused the check ({exc}); "
+            "fix: check the user/password in APPLIANCE_BROKER_URL"
+        )
+        checks = [Check("redis", 2, message)]
     advice = host_advice()
     if as_json:
         echo_json(
@@ -156,7 +157,8 @@ def tune(
     for key, value in plan.settings().items():
         now = after.get(key, "")
         mark = "ok" if now == value else "differs"
-        click.echo(f"{key:<18} want {value:<12} has {now or '?':<12} {mark}")
+        shown, has = (_size(value), _size(now)) if key == "maxmemory" else (value, now)
+        click.echo(f"{key:<18} want {shown:<12} has {has or '?':<12} {mark}")
     if result:
         click.echo(result[1])
     elif not do_apply:
@@ -165,6 +167,15 @@ def tune(
         click.echo(f"wrote {conf_out}; add `include {conf_out.resolve()}` to redis.conf")
     for line in advice:
         click.echo(f"advice: {line}")
+
+
+def _size(value: str) -> str:
+    """A maxmemory value for people: 5.9GiB; 0 is no limit (--json keeps the bytes)."""
+    from appliance.core.text import human_bytes
+
+    if not value.isdigit():
+        return value
+    return "0 (no limit)" if value == "0" else human_bytes(int(value))
 
 
 COMMANDS = [redis_group]

@@ -55,6 +55,7 @@ def worker(
     topology: str | None,
 ) -> None:
     """Run the Celery worker of the appliance in the foreground."""
+    from appliance.broker import reach
     from appliance.worker.launch import WorkerOptions, run_worker
 
     options = WorkerOptions(
@@ -66,7 +67,9 @@ def worker(
         loglevel=loglevel.upper() if loglevel else None,
         topology=topology,
     )
-    sys.exit(run_worker(cli.settings, options))
+    settings = cli.settings
+    reach.reaching()  # which broker, when none is configured: said once, before any fork
+    sys.exit(run_worker(settings, options))
 
 
 @click.command("beat")
@@ -74,22 +77,73 @@ def worker(
 @pass_cli
 def beat(cli: CliContext, loglevel: str | None) -> None:
     """Run beat (the periodic scheduler) in the foreground; state in the state dir."""
+    from appliance.broker import reach
     from appliance.worker.launch import run_beat
 
-    sys.exit(run_beat(cli.settings, loglevel.upper() if loglevel else None))
+    settings = cli.settings
+    reach.reaching()  # which broker, when none is configured
+    sys.exit(run_beat(settings, loglevel.upper() if loglevel else None))
+
+
+@click.command("flower")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (keep it loopback: reach it through an SSH tunnel or a proxy).",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=5555, show_default=True, help="Port."
+)
+@pass_cli
+def flower(cli: CliContext, address: str, port: int) -> None:
+    """Run Flower, the Celery web monitor, in the foreground (the `flower` extra).
+
+    HTTP basic auth with FLOWER_BASIC_AUTH=USER:PASSWORD from the environment or the env
+    file (install.sh --with-flower generates it); other Flower options are FLOWER_*
+    variables. Exit 72 when Flower is not installed, 78 without credentials.
+    """
+    from appliance.host.flower import run_flower
+
+    cli.settings  # noqa: B018  (a bad setting is exit 78 before Flower starts)
+    sys.exit(run_flower(address, port))
 
 
 @click.command("up")
+@click.option(
+    "--flower",
+    "with_flower",
+    is_flag=True,
+    help="Also run Flower on 127.0.0.1 (needs the flower extra; exit 72 without it).",
+)
+@click.option(
+    "--flower-port",
+    type=click.IntRange(1, 65535),
+    default=5555,
+    show_default=True,
+    help="Flower's port with --flower.",
+)
 @pass_cli
-def up(cli: CliContext) -> None:
+def up(cli: CliContext, with_flower: bool, flower_port: int) -> None:
     """Run everything on embedded defaults: a private redis-server, worker and beat.
 
     In the foreground; Ctrl-C or SIGTERM stops it all. Other `appliance` commands with
     the same APPLIANCE_STATE_DIR and no broker URL of their own talk to its Redis.
+    With --flower, Flower too (its user and password: FLOWER_BASIC_AUTH if set, else
+    generated into <state dir>/embedded/flower-credentials).
     """
+    from appliance.broker import reach
     from appliance.host.embedded import run_up
 
-    sys.exit(run_up(cli.settings, announce=lambda line: click.echo(line, err=True)))
+    reach.disarm()  # it runs its own broker and says so
+
+    sys.exit(
+        run_up(
+            cli.settings,
+            announce=lambda line: click.echo(line, err=True),
+            flower_port=flower_port if with_flower else None,
+        )
+    )
 
 
-COMMANDS = [worker, beat, up]
+COMMANDS = [worker, beat, flower, up]

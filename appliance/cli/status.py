@@ -31,7 +31,10 @@ def collect_status(cli: CliContext) -> dict[str, Any]:
             raw = conn.call("GET", keys.BEAT_TICK_KEY)
             data["beat"] = json.loads(raw) if raw else None
     except (RespConnectionError, RespError, ValueError) as exc:
-        data["error"] = f"Redis unreachable ({exc})"
+        from appliance.broker import reach
+
+        url = settings.broker_url
+        data["error"] = reach.problem(url, first_line(exc), reach.origin_of(url))
     try:
         from appliance.records import store
 
@@ -49,20 +52,48 @@ def _age(stamp: float | None) -> str:
     return f"{time.time() - stamp:.0f}s ago" if stamp else "never"
 
 
+def oldest(queue: dict[str, Any]) -> str:
+    """The age of a queue's oldest message, or ``-`` when it is empty."""
+    if not queue.get("depth") and not queue.get("count"):
+        return "-"
+    return f"{queue['oldest_age']:.0f}s"
+
+
+def counts(by_status: dict[str, int]) -> str:
+    """``SUCCESS 1, FAILURE 2`` (in the order of the states), or ``none``."""
+    from appliance.core.constants import TASK_STATES
+
+    order = {state: i for i, state in enumerate(TASK_STATES)}
+    ranked = sorted(by_status.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    return ", ".join(f"{state} {n}" for state, n in ranked) or "none"
+
+
 @click.command("status")
 @json_option
 @pass_cli
 def status(cli: CliContext, as_json: bool) -> None:
-    """Workers, queues, beat and recent failures at a glance."""
+    """Workers, queues, beat and recent failures at a glance.
+
+    Exit 69 when Redis cannot be read (what the records say is printed all the same).
+    """
+    from appliance.errors import BrokerUnavailableError
+
     data = collect_status(cli)
     if as_json:
         echo_json(data)
-        return
+    else:
+        _print(data)
+    if "error" in data:
+        raise BrokerUnavailableError(data["error"])
+
+
+def _print(data: dict[str, Any]) -> None:
     from tabulate import tabulate
 
-    click.echo(f"broker: {data['broker']}" + (f"  ({data['error']})" if "error" in data else ""))
+    click.echo(f"broker: {data['broker']}" + ("  (not readable)" if "error" in data else ""))
     workers = data.get("workers", [])
-    click.echo(f"\nworkers ({len(workers)}):")
+    if "error" not in data:
+        click.echo(f"\nworkers ({len(workers)}):")
     if workers:
         rows = [
             [
@@ -81,19 +112,18 @@ def status(cli: CliContext, as_json: bool) -> None:
         click.echo(tabulate(rows, headers=headers))
     if "queues" in data:
         click.echo("\nqueues:")
-        rows = [[q["queue"], q["depth"], f"{q['oldest_age']:.0f}s"] for q in data["queues"]]
+        rows = [[q["queue"], q["depth"], oldest(q)] for q in data["queues"]]
         click.echo(tabulate(rows, headers=["queue", "waiting", "oldest"]))
         click.echo(f"unacked: {data['unacked']['count']}")
     beat = data.get("beat")
-    click.echo(
-        f"\nbeat: leader {beat.get('leader')}, last tick {_age(beat.get('last_tick'))}"
-        if beat
-        else "\nbeat: no leader ticking"
-    )
+    if beat:
+        click.echo(f"\nbeat: leader {beat.get('leader')}, last tick {_age(beat.get('last_tick'))}")
+    elif "error" not in data:
+        click.echo("\nbeat: no leader ticking")
     if "records_error" in data:
         click.echo(f"\n{data['records_error']}")
     else:
-        click.echo(f"\nrecords: {data['record_counts']}")
+        click.echo(f"\nrecords: {counts(data['record_counts'])}")
         failures = data["recent_failures"]
         if failures:
             click.echo("recent failures:")

@@ -10,6 +10,7 @@ import click
 
 from appliance.cli.context import CliContext, echo_json, pass_cli
 from appliance.core.timeparse import parse_instant
+from appliance.errors import InterruptedByUser
 
 
 def _json_param(expected: type, what: str, example: str) -> Any:
@@ -99,8 +100,9 @@ def submit(
     """Submit task NAME; print its id (or, with --wait, its result as JSON).
 
     Exit codes: 65 unknown task, 69 broker unavailable, 1 the task failed, 75 the wait
-    timed out, 2 bad arguments (including an ETA or time limit beyond
-    APPLIANCE_VISIBILITY_TIMEOUT). On 65, 69 and 2 nothing is queued.
+    timed out (the task goes on, queued or running), 2 bad arguments (including an ETA or
+    time limit beyond APPLIANCE_VISIBILITY_TIMEOUT), 130 interrupted (the task goes on).
+    On 65, 69 and 2 nothing is queued.
     """
     from appliance import api
 
@@ -126,6 +128,12 @@ def submit(
         click.echo(f"submitted {name} as {task_id}", err=True)
     try:
         result = api.wait(task_id, wait)
+    except KeyboardInterrupt:
+        raise InterruptedByUser(
+            f"interrupted; task {task_id} stays submitted and goes on: follow it with "
+            f"`appliance tasks show {task_id}`, or cancel it with `appliance tasks revoke "
+            f"{task_id}`"
+        ) from None
     except Exception:
         if as_json:
             record = _safe_record(task_id)

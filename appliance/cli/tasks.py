@@ -8,7 +8,13 @@ from typing import Any
 
 import click
 
-from appliance.cli.context import CliContext, echo_json, json_option, pass_cli
+from appliance.cli.context import (
+    CliContext,
+    confirm_destructive,
+    echo_json,
+    json_option,
+    pass_cli,
+)
 from appliance.core.constants import TASK_STATES as STATES
 from appliance.core.timeparse import parse_since
 from appliance.errors import RecordNotFoundError
@@ -62,27 +68,92 @@ def list_(
     if as_json:
         echo_json(records)
         return
-    from tabulate import tabulate
-
+    if not records:
+        click.echo("no task records match")
+        return
     rows = [
-        [
-            r["id"],
-            r["name"],
-            r["status"],
-            f"{r['progress']}%",
-            r["retries"],
-            r["worker"] or "",
-            _short(r["created_at"]),
-            _short(r["finished_at"]),
-        ]
+        [r["id"], r["name"], r["status"], _short(r["created_at"]), _args(r), _note(r)]
         for r in records
     ]
-    headers = ["id", "name", "status", "progress", "retries", "worker", "created", "finished"]
-    click.echo(tabulate(rows, headers=headers) if rows else "no task records match")
+    headers = ["id", "name", "status", "created (UTC)", "args", "note"]
+    click.echo(table(fit(rows, headers), headers))
+
+
+# `tasks list` fits 100 columns: the args, then the note (the error), then the name give
+# way, down to these widths, cut with an ellipsis; --json and `tasks show` have it all.
+LIST_WIDTH = 100
+_SHRINK = ((4, 8), (5, 20), (1, 12), (5, 12))  # (column, narrowest), in turn
+
+
+def fit(rows: list[list[str]], headers: list[str], width: int = LIST_WIDTH) -> list[list[str]]:
+    """*rows* with the shrinkable columns cut so that the table fits *width* columns."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    over = sum(widths) + 2 * (len(widths) - 1) - width
+    for column, narrowest in _SHRINK:
+        if over <= 0:
+            break
+        cut = min(over, widths[column] - max(narrowest, len(headers[column])))
+        if cut > 0:
+            widths[column] -= cut
+            over -= cut
+    return [[_cut(cell, widths[i]) for i, cell in enumerate(row)] for row in rows]
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """Left-aligned columns two spaces apart under a dashed rule, no trailing blanks."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def _short(stamp: str | None) -> str:
-    return stamp[:19].replace("T", " ") if stamp else ""
+    """``12-04 19:14:54`` (UTC) of an ISO time."""
+    return stamp[5:19].replace("T", " ") if stamp else ""
+
+
+def _args(record: dict[str, Any]) -> str:
+    import json
+
+    args, kwargs = record.get("args"), record.get("kwargs")
+    text = json.dumps(args) if args else ""
+    if kwargs:
+        text = f"{text} {json.dumps(kwargs)}".strip()
+    return text
+
+
+def _note(record: dict[str, Any]) -> str:
+    """What a reader wants next to the state: the error, where it runs, how long it took."""
+    status = record["status"]
+    retries = f"after {record['retries']} retries" if record.get("retries") else ""
+    if status in ("FAILURE", "RETRY", "REVOKED"):
+        error = (record.get("error") or "").strip().splitlines()
+        return "; ".join(x for x in (error[0] if error else "", retries) if x)
+    if status in ("STARTED", "PROGRESS"):
+        worker = f"on {record['worker']}" if record.get("worker") else "running"
+        progress = f"{record['progress']}%" if record.get("progress") else ""
+        return ", ".join(x for x in (worker, progress, record.get("progress_message")) if x)
+    if status == "SUCCESS":
+        took = _took(record.get("started_at") or record.get("created_at"), record["finished_at"])
+        return " ".join(x for x in (f"took {took}" if took else "", retries) if x)
+    return retries
+
+
+def _took(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return ""
+    seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 @tasks.command("show")
@@ -169,13 +240,34 @@ def retry(
 @click.option(
     "--terminate", is_flag=True, help="Also kill it if it is running (SIGTERM to its child)."
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke TASK_ID even without a task record (a task sent by a client without records).",
+)
 @pass_cli
-def revoke(cli: CliContext, task_id: str, terminate: bool) -> None:
-    """Stop a task from running; remembered in Redis for workers that start later."""
+def revoke(cli: CliContext, task_id: str, terminate: bool, force: bool) -> None:
+    """Stop a task from running; remembered in Redis for workers that start later.
+
+    Exit 66 when no task record has that id (nothing revoked) unless --force. A task that
+    is running goes on to the end unless --terminate.
+    """
     from appliance import operations
 
-    operations.revoke(cli.settings, task_id, terminate=terminate)
-    click.echo(f"revoked {task_id}" + (" (terminating if running)" if terminate else ""))
+    record = operations.revoke(cli.settings, task_id, terminate=terminate, must_exist=not force)
+    status = record["status"] if record else None
+    if status is None:
+        note = " (it has no task record; any worker that gets it discards it)"
+    elif status in ("SUCCESS", "FAILURE", "REVOKED"):
+        note = f"; it had already ended {status}, so nothing changes"
+    elif status in ("STARTED", "PROGRESS") and not terminate:
+        on = f" on {record['worker']}" if record and record.get("worker") else ""
+        note = f"; it is running now{on} and will finish: use --terminate to stop it"
+    elif status in ("STARTED", "PROGRESS"):
+        note = "; it is running: its process is being stopped"
+    else:
+        note = f" (it was {status}; it will not run)"
+    click.echo(f"revoked {task_id}{note}")
 
 
 @tasks.command("purge")
@@ -209,11 +301,11 @@ def purge(cli: CliContext, older_than: str, statuses: tuple[str, ...], yes: bool
         if count == 0:
             click.echo("no task records match")
             return
-        if not yes:
-            click.confirm(
-                f"Delete {count} task record(s) ({', '.join(chosen)}) older than {older_than}?",
-                abort=True,
-            )
+        confirm_destructive(
+            "appliance tasks purge",
+            f"{count} task record(s) ({', '.join(chosen)}) older than {older_than}",
+            yes,
+        )
 
         if count > 1000:
             batches = list(range(0, count, 1000))

@@ -21,8 +21,10 @@ from appliance.config.envsource import (
     default_state_dir,
     embedded_broker,
     env_file_path,
+    setting_origin,
     split_list,
     split_mapping,
+    url_problem,
 )
 from appliance.core import constants as C
 from appliance.core.text import mask_url
@@ -43,6 +45,7 @@ _FIXES: dict[str, str] = {
     "APPLIANCE_QUEUES",
     "timezone": "use an IANA name such as UTC or Europe/Berlin",
     "log_level": "use one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    "task_events": "use true or false",
     "redis_sentinel_master": "set it to the name the sentinels monitor (sentinel monitor NAME ...)",
 }
 
@@ -95,6 +98,11 @@ class Settings(BaseSettings):
     prefetch_multiplier: int = Field(1, gt=0)
     log_level: str = "INFO"
     records_enabled: bool = True
+    # Task events (task-sent by publishers, task-received/started/succeeded/... by workers):
+    # a publish per state change, for Flower and `celery events`. Off: workers still send
+    # their worker-online/heartbeat/offline events, and `celery control enable_events`
+    # turns task events on at run time (docs/operations.md, Monitoring with Flower).
+    task_events: bool = False
     db_auto_upgrade: bool = True
     beat_lease_ttl: int = Field(C.DEFAULT_BEAT_LEASE_TTL, gt=0)
     # Seconds a record must have been PENDING before the reconciler looks for its message
@@ -135,6 +143,9 @@ class Settings(BaseSettings):
             raise ValueError(f"scheme must be one of {', '.join(_BROKER_SCHEMES)}")
         if scheme in ("redis", "rediss") and not urlsplit(value).hostname:
             raise ValueError("the URL has no host")
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("database_url")
@@ -145,6 +156,9 @@ class Settings(BaseSettings):
         scheme = urlsplit(value).scheme.split("+")[0]
         if scheme not in _DATABASE_SCHEMES:
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        problem = url_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("timezone")
@@ -288,7 +302,8 @@ def _from_validation_error(exc: ValidationError) -> ConfigError:
     ctx_error = (err.get("ctx") or {}).get("error")
     if isinstance(ctx_error, _CrossFieldError):
         fix = ctx_error.fix or _FIXES.get(ctx_error.field, "correct the value")
-        return ConfigError(f"invalid {env_var(ctx_error.field)}: {ctx_error.problem}; fix: {fix}")
+        var = env_var(ctx_error.field)
+        return ConfigError(f"invalid {var}{_origin(var)}: {ctx_error.problem}; fix: {fix}")
     loc = str(err["loc"][0]) if err["loc"] else "settings"
     field = loc.lower().removeprefix("appliance_").removeprefix("celery_")
     var = loc.upper() if loc.upper().startswith(("APPLIANCE_", "CELERY_")) else env_var(field)
@@ -296,7 +311,16 @@ def _from_validation_error(exc: ValidationError) -> ConfigError:
     shown = mask_url(value) if isinstance(value, str) else value
     message = str(err["msg"]).removeprefix("Value error, ")
     fix = _FIXES.get(field, "correct the value or unset it to use the default")
-    return ConfigError(f"invalid {var}={shown!r}: {message}; fix: {fix}")
+    return ConfigError(f"invalid {var}={shown!r}{_origin(var)}: {message}; fix: {fix}")
+
+
+def _origin(var: str) -> str:
+    """`` (in env file PATH)`` or `` (in the environment)``: where to correct *var*."""
+    try:
+        where = setting_origin(var)
+    except ConfigError:
+        return ""
+    return f" ({where.removeprefix(var + ' ')})" if where else ""
 
 
 def load_settings(**overrides: Any) -> Settings:

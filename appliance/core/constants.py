@@ -88,6 +88,8 @@ SYSTEM_ENV_FILE = "/etc/appliance/appliance.env"
 # (relative to the state dir), so other commands on the same state dir find it.
 EMBEDDED_DIR = "embedded"
 EMBEDDED_BROKER_FILE = "broker.url"
+# `appliance up --flower` without FLOWER_BASIC_AUTH: the generated USER:PASSWORD (0600).
+EMBEDDED_FLOWER_CREDENTIALS_FILE = "flower-credentials"
 
 # Task states of the records: Celery's, plus PROGRESS from `appliance.progress.report`.
 TASK_STATES = ("PENDING", "STARTED", "PROGRESS", "SUCCESS", "FAILURE", "RETRY", "REVOKED")

@@ -43,6 +43,36 @@ def mask_url(url: str) -> str:
         if ":" in host:
             host = f"[{host}]"
         netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port else "")
-    except ValueError:  # a bad port
-        return "****"
+    except ValueError:  # a bad port: mask by hand, so the message still shows the port
+        return _mask_by_hand(url)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _mask_by_hand(url: str) -> str:
+    """``scheme://user:****@rest`` for a URL urllib cannot take apart."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return _LOOSE_PASSWORD.sub(":****@", url) if sep else "****"
+    user, colon, _password = auth.partition(":")
+    return f"{scheme}://{user}:****@{host}" if colon else url
+
+
+# "scheme://user:password@" anywhere in a text (an exception's message, say).
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)[^\s@]*@")
+
+
+def mask_secrets(text: str) -> str:
+    """*text* with the password of every URL in it replaced by ``****``."""
+    return _URL_PASSWORD.sub(r"\1****@", text)
+
+
+def human_bytes(count: int) -> str:
+    """``5.9GiB``, ``256MiB``, ``512B``: a byte count for people (exact bytes go in JSON)."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            text = f"{value:.1f}".removesuffix(".0") if unit != "B" else f"{count}"
+            return f"{text}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

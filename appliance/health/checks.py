@@ -6,9 +6,9 @@ import json
 import time
 from typing import Any
 
+from appliance.broker import reach
 from appliance.broker.acl import acl_user, grant, is_noperm
 from appliance.core import keys
-from appliance.core.text import mask_url
 from appliance.health.config import HealthConfig
 from appliance.health.queues import check_queues, check_unacked, check_unconsumed
 from appliance.health.resp import Resp, RespConnectionError, RespError, parse_info, scan
@@ -246,19 +246,14 @@ def run_redis_checks(cfg: HealthConfig) -> list[Check]:
             return checks
     except RespConnectionError as exc:
         return [
-            Check(
-                "redis",
-                CRITICAL,
-                f"Redis unreachable at {mask_url(cfg.broker_url)} ({exc}); "
-                "fix: start redis-server or correct APPLIANCE_BROKER_URL",
-            )
+            Check("redis", CRITICAL, reach.problem(cfg.broker_url, str(exc), cfg.broker_origin))
         ]
     except RespError as exc:
-        return [
-            Check(
-                "redis",
-                CRITICAL,
+        if reach.is_auth_error(exc):
+            message = reach.problem(cfg.broker_url, str(exc), cfg.broker_origin)
+        else:
+            message = (
                 f"Redis refused the health check ({exc}); "
-                "fix: check the password/ACL in APPLIANCE_BROKER_URL",
+                "fix: check the password/ACL in APPLIANCE_BROKER_URL"
             )
-        ]
+        return [Check("redis", CRITICAL, message)]

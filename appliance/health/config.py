@@ -7,16 +7,16 @@ few values health uses and reports a bad one as the checker's own failure (UNKNO
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance.config.envsource import (
-    default_state_dir,
-    embedded_broker,
-    first,
+    BrokerOrigin,
     raw_values,
+    resolve_broker,
     split_list,
     split_mapping,
+    state_dir_of,
+    url_problem,
 )
 from appliance.core import constants as C
 from appliance.errors import ConfigError
@@ -49,6 +49,8 @@ class HealthConfig:
     thresholds: dict[str, tuple[float, float]] = field(default_factory=dict)
     # The master name the sentinels monitor, for a sentinel:// broker URL.
     sentinel_master: str | None = None
+    # Where broker_url came from (a message on a failure points there); None: given.
+    broker_origin: BrokerOrigin | None = None
 
     def threshold(self, name: str) -> tuple[float, float]:
         return self.thresholds[name]
@@ -76,19 +78,24 @@ def load_health_config(
 ) -> HealthConfig:
     """Read the health check's settings from the same sources as the appliance."""
     values = raw_values()
-    state_dir = (
-        Path(values["APPLIANCE_STATE_DIR"])
-        if values.get("APPLIANCE_STATE_DIR")
-        else default_state_dir()
-    )
-    broker = first(values, "APPLIANCE_BROKER_URL", "CELERY_BROKER_URL")
-    broker = broker or embedded_broker(state_dir) or C.DEFAULT_BROKER_URL
+    state_dir = state_dir_of(values)
+    broker, origin = resolve_broker(values)
     try:
         urlsplit(broker)
     except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 host
         raise ConfigError(
             f"invalid APPLIANCE_BROKER_URL: not a URL ({exc}); fix: use a Redis URL"
         ) from None
+    problem = url_problem(broker)
+    if problem:
+        where = (
+            origin.source
+            if origin.kind == "setting"
+            else f"broker URL in `appliance up`'s state file {origin.source}"
+        )
+        raise ConfigError(
+            f"invalid {where}: {problem}; fix: use a URL like redis://:PASSWORD@127.0.0.1:6379/0"
+        )
     if urlsplit(broker).scheme not in ("redis", "rediss", "unix", "redis+socket", "sentinel"):
         raise ConfigError(
             f"invalid APPLIANCE_BROKER_URL: health reads redis://, rediss://, sentinel:// or "
@@ -139,4 +146,5 @@ def load_health_config(
         database_url=database,
         thresholds=thresholds,
         sentinel_master=sentinel_master,
+        broker_origin=origin,
     )

@@ -15,7 +15,7 @@ def run_database_checks(cfg: HealthConfig, live_workers: set[str]) -> list[Check
     """Database reachable, schema current, tasks stuck past their hard limit or orphaned."""
     from sqlalchemy import select
 
-    from appliance.errors import ApplianceError
+    from appliance.errors import ApplianceError, ConfigError
     from appliance.records import schema
     from appliance.records.db import session_scope, translate_errors
     from appliance.records.models import TaskRecord
@@ -23,6 +23,8 @@ def run_database_checks(cfg: HealthConfig, live_workers: set[str]) -> list[Check
     url = cfg.database_url
     try:
         state = schema.schema_state(url)
+    except ConfigError:
+        raise  # the checker's own failure (a missing driver): UNKNOWN with the fix
     except ApplianceError as exc:
         return [Check("database", CRITICAL, str(exc))]
     if not state.is_current:

@@ -12,6 +12,8 @@ import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+from appliance.broker import reach
+
 if TYPE_CHECKING:  # ssl (and libssl) is imported only for a rediss:// URL: health stays small
     import ssl
 
@@ -36,6 +38,7 @@ class Resp:
     def __init__(self, url: str, timeout: float = 2.0, master_name: str | None = None) -> None:
         #: (host, port, sentinel that answered) when *url* is a sentinel:// URL.
         self.master: tuple[str, int, str] | None = None
+        reach.reaching()  # the CLI's note of which broker it uses (armed by the CLI only)
         if url.startswith("sentinel://"):
             url, self.master = master_url(url, master_name, timeout)
         parts = urlsplit(url)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.core import constants as C
 from appliance.core.text import first_line, mask_url
-from appliance.errors import DatabaseUnavailableError
+from appliance.errors import ConfigError, DatabaseUnavailableError
 
 _engines: dict[tuple[int, str], Engine] = {}
 
@@ -48,6 +48,7 @@ def _build_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": C.DB_LOCK_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    require_driver(url)
     return create_engine(
         url,
         pool_pre_ping=True,
@@ -60,6 +61,22 @@ def _build_engine(url: str) -> Engine:
             "options": f"-c statement_timeout={int(C.DB_LOCK_TIMEOUT_SECONDS * 1000) * 5}",
         },
     )
+
+
+def require_driver(url: str) -> None:
+    """ConfigError (exit 78) naming the missing driver of a postgresql:// *url*."""
+    if not normalize_url(url).startswith("postgresql+psycopg"):
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        shown = mask_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
+        raise ConfigError(
+            f"APPLIANCE_DATABASE_URL={shown} is a PostgreSQL URL but its driver "
+            f"psycopg is not installed ({first_line(exc)}); fix: install the postgres extra "
+            "into this venv: pip install 'celery-appliance[postgres]' (or pip install "
+            "'psycopg[binary]'); scripts/install.sh installs it"
+        ) from None
 
 
 def get_engine(url: str) -> Engine:

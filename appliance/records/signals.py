@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -28,6 +27,7 @@ from appliance.core.constants import (
 from appliance.core.text import one_line
 from appliance.records import store
 from appliance.records.db import transient
+from appliance.records.deferred import DeferredStarted
 from appliance.worker.consumers import process as consumer_process
 
 logger = logging.getLogger("appliance.records")
@@ -56,6 +56,22 @@ _database_down = False
 recorded_by_caller: ContextVar[bool] = ContextVar("recorded_by_caller", default=False)
 
 
+# The record write each writer makes, in words for the log line (not a function's name).
+_WRITES = {
+    "_on_publish": "at submit",
+    "submit_many": "at submit (submit_many)",
+    "record_started": "when it started",
+    "_on_postrun": "when it succeeded",
+    "record_succeeded": "when it succeeded",
+    "_on_failure": "when it failed",
+    "record_failed": "when it failed",
+    "_on_retry": "when it was retried",
+    "record_retry": "when it was retried",
+    "_on_revoked": "when it was revoked",
+    "record_revoked": "when it was revoked",
+}
+
+
 def note_write_error(what: str, exc: Exception) -> None:
     """Count and log a record write that failed (the work itself carries on)."""
     global write_errors, last_write_error
@@ -65,7 +81,13 @@ def note_write_error(what: str, exc: Exception) -> None:
         with shared.get_lock():
             shared.value += 1
     last_write_error = one_line(exc)
-    logger.warning("task record not written (%s): %s", what, last_write_error)
+    when = _WRITES.get(what, f"({what})")
+    logger.warning(
+        "task record not written %s: %s; the task itself goes on; fix: check "
+        "APPLIANCE_DATABASE_URL and that the database accepts writes",
+        when,
+        last_write_error,
+    )
 
 
 def write_error_count() -> int:
@@ -111,7 +133,8 @@ def _write(url: str, handler: Callable[..., None], retry: bool, args: Any, kwarg
             time.sleep(pause)
         else:
             if attempt:
-                logger.info("task record written after %d retries (%s)", attempt, handler.__name__)
+                when = _WRITES.get(handler.__name__, handler.__name__)
+                logger.info("task record written after %d retries (%s)", attempt, when)
             _database_down = False
             return
 
@@ -171,69 +194,7 @@ def _write_started(url: str, fields: dict[str, Any]) -> None:
     _write(url, store.record_started, False, (), fields)
 
 
-class DeferredStarted:
-    """The STARTED writes of running tasks, made only once a task has run for *delay* s.
-
-    A task that ends sooner gets one record write, its final state carrying the STARTED
-    fields (started_at, worker, retries) with it, instead of two. A task that runs longer
-    shows STARTED as before, written by a daemon thread of this process. `take` hands a
-    task's STARTED fields to its final write, or waits while the thread is writing them so
-    the final state always lands last. One instance per process (a pool child's thread is
-    started after the fork, on its first task).
-    """
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self._cond = threading.Condition()
-        self._due: dict[str, tuple[float, str, dict[str, Any]]] = {}
-        self._writing: str | None = None
-        self._owner: int | None = None  # pid whose thread runs
-
-    def add(self, task_id: str, url: str, fields: dict[str, Any]) -> None:
-        if self.delay <= 0:
-            _write_started(url, fields)
-            return
-        with self._cond:
-            if self._owner != os.getpid():
-                self._due.clear()  # inherited from a parent across fork: not ours to write
-                self._writing = None
-                self._owner = os.getpid()
-                threading.Thread(target=self._run, name="records-started", daemon=True).start()
-            # No notify: the thread looks every *delay* seconds (waking it for every task
-            # cost a thread switch per task).
-            self._due[task_id] = (time.monotonic() + self.delay, url, fields)
-
-    def take(self, task_id: str) -> dict[str, Any] | None:
-        """The STARTED fields of *task_id* if not written yet (they are then never written
-        apart); None once written."""
-        with self._cond:
-            while self._writing == task_id:
-                self._cond.wait()
-            entry = self._due.pop(task_id, None)
-        return entry[2] if entry else None
-
-    def _run(self) -> None:
-        """Every *delay* s, write the STARTED of each task running for *delay* s or more (so
-        a task shows STARTED between *delay* and twice *delay* after it started)."""
-        while True:
-            time.sleep(self.delay)
-            while True:
-                now = time.monotonic()
-                with self._cond:
-                    due = [tid for tid, entry in self._due.items() if entry[0] <= now]
-                    if not due:
-                        break
-                    _, url, fields = self._due.pop(due[0])
-                    self._writing = due[0]
-                try:
-                    _write_started(url, fields)
-                finally:
-                    with self._cond:
-                        self._writing = None
-                        self._cond.notify_all()
-
-
-started_writes = DeferredStarted(RECORD_STARTED_DELAY_SECONDS)
+started_writes = DeferredStarted(RECORD_STARTED_DELAY_SECONDS, _write_started)
 
 
 def flush_started(task_id: str) -> None:

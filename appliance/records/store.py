@@ -114,7 +114,7 @@ def started_write(
     created_at: datetime | None = None,
 ) -> RowWrite:
     """Mark a task STARTED on *worker* (never over a final state: a deferred STARTED write
-    may come after the task ended, see records.signals.DeferredStarted). *created_at*
+    may come after the task ended, see records.deferred.DeferredStarted). *created_at*
     (when the message was published) fills only a new row (see _started_fields)."""
     values, defaults = _started_fields(
         {

@@ -38,7 +38,7 @@ def test_retry_republishes_a_failure_with_its_original_arguments(
     record = appliance.get_task(task_id)
     assert record is not None and (record["status"], record["result"]) == ("SUCCESS", "fixed")
     refused = run_cli(env, "tasks", "retry", task_id)
-    assert refused.returncode == 1 and "not FAILURE or REVOKED" in refused.stderr
+    assert refused.returncode == 1 and "already succeeded (SUCCESS)" in refused.stderr
 
 
 def test_retry_failed_by_name(api_env: dict[str, str], start_worker: WorkerFactory) -> None:
@@ -93,7 +93,8 @@ def test_purge_old_records_asks_first_and_keeps_recent_ones(api_env: dict[str, s
             .values(created_at=store.now() - timedelta(days=40))
         )
     unconfirmed = run_cli(api_env, "tasks", "purge", "--older-than", "30d")
-    assert unconfirmed.returncode == 1 and "Aborted" in unconfirmed.stderr
+    assert unconfirmed.returncode == 64, unconfirmed.stderr  # no terminal, no --yes
+    assert "pass --yes to confirm without a terminal" in unconfirmed.stderr
     assert len(store.list_records(url)) == 5
     done = run_cli(api_env, "tasks", "purge", "--older-than", "30d", "--yes")
     assert done.returncode == 0 and "deleted 3 task record(s)" in done.stdout

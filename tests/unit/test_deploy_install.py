@@ -170,6 +170,7 @@ def test_healthcheck_wrapper_is_silent_when_ok_and_passes_the_code_through(
 REPO = SCRIPTS.parent
 RUNTIME_LOCK = REPO / "requirements" / "runtime.txt"
 DEV_LOCK = REPO / "requirements" / "dev.txt"
+FLOWER_LOCK = REPO / "requirements" / "runtime-flower.txt"
 # Pinned to the minor the suite has proven (pyproject.toml): the appliance subclasses kombu's
 # Redis transport and billiard's pool and reaches into their private attributes.
 MINOR_PINNED = ("celery", "kombu", "billiard", "redis")
@@ -214,7 +215,7 @@ def assert_lock_satisfies(lock: Path, requirements: list[str]) -> None:
 
 
 def test_each_lock_pins_every_package_with_hashes_and_says_how_to_regenerate_it() -> None:
-    for lock in (RUNTIME_LOCK, DEV_LOCK):
+    for lock in (RUNTIME_LOCK, DEV_LOCK, FLOWER_LOCK):
         header = lock.read_text().splitlines()[:2]
         assert "uv pip compile pyproject.toml" in header[1], header
         for flag in ("--generate-hashes", "--universal", "--python-version 3.11"):
@@ -241,6 +242,18 @@ def test_the_dev_lock_satisfies_every_extra_at_the_runtime_versions() -> None:
     runtime = {name: entry[0] for name, entry in read_lock(RUNTIME_LOCK).items()}
     differ = {name: (v, dev.get(name)) for name, v in runtime.items() if dev.get(name) != v}
     assert not differ, f"the tests would not run the runtime's versions: {differ}"
+
+
+def test_the_flower_lock_is_the_runtime_lock_plus_flower_at_the_tested_versions() -> None:
+    """install.sh --with-flower installs it: every runtime pin unchanged (hosts with and
+    without Flower run the same appliance), Flower's own pins those the tests ran."""
+    meta = project()
+    assert_lock_satisfies(FLOWER_LOCK, meta["optional-dependencies"]["flower"])
+    flower, runtime, dev = (read_lock(p) for p in (FLOWER_LOCK, RUNTIME_LOCK, DEV_LOCK))
+    assert {n: flower.get(n) for n in runtime} == runtime, "fix: make lock"
+    extra = set(flower) - set(runtime)
+    assert "flower" in extra and "tornado" in extra
+    assert {n: flower[n][0] for n in extra} == {n: dev[n][0] for n in extra}, "fix: make lock"
 
 
 @pytest.mark.parametrize("name", MINOR_PINNED)
@@ -296,6 +309,44 @@ def test_offline_install_checks_hashes_against_the_wheelhouse_lock_else_the_chec
     (own,) = [line for line in lines if "--force-reinstall" in line]
     assert "--no-deps" in own and "celery_appliance-0.1.0-py3-none-any.whl" in own
     assert "pip check" in result.stdout
+
+
+def test_with_flower_installs_the_flower_lock_generates_credentials_and_enables_flower(
+    tmp_path: Path,
+) -> None:
+    result = install("--dry-run", "--root", str(tmp_path / "root"), "--with-flower")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"pip install --require-hashes -r {FLOWER_LOCK}" in out
+    assert "would append FLOWER_BASIC_AUTH (a generated password)" in out
+    assert "systemctl enable appliance-flower.service" in out
+    assert "appliance-flower.service.d/redis-local.conf" in out
+    assert "flower: http://127.0.0.1:5555 (user and password: FLOWER_BASIC_AUTH in" in out
+    plain = install("--dry-run", "--root", str(tmp_path / "other")).stdout
+    assert "FLOWER_BASIC_AUTH" not in plain and "enable appliance-flower" not in plain
+
+
+def test_with_flower_under_supervisor_renders_the_flower_program() -> None:
+    result = install("--dry-run", "--supervisor", "--with-flower")
+    assert result.returncode == 0, result.stderr
+    assert f"-r {FLOWER_LOCK}" in result.stdout
+    assert "(appliance deploy supervisor-conf --flower)" in result.stdout
+    plain = install("--dry-run", "--supervisor").stdout
+    assert "(appliance deploy supervisor-conf)" in plain
+
+
+def test_with_flower_takes_the_wheelhouse_flower_lock_and_refuses_a_wheelhouse_without(
+    tmp_path: Path,
+) -> None:
+    wheels = fake_wheelhouse(tmp_path / "wheels", lock=True)
+    args = ("--dry-run", "--root", str(tmp_path / "root"), "--wheelhouse", str(wheels))
+    refused = install(*args, "--with-flower")
+    assert refused.returncode == EX_NO_WHEEL
+    assert "make wheelhouse FLOWER=1" in one_error_line(refused)
+    shutil.copy(FLOWER_LOCK, wheels / "requirements-flower.txt")
+    result = install(*args, "--with-flower")
+    assert result.returncode == 0, result.stderr
+    assert f"--require-hashes -r {wheels / 'requirements-flower.txt'}" in result.stdout
 
 
 def test_offline_install_without_any_lock_is_refused(tmp_path: Path) -> None:

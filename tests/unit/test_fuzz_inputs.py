@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from appliance import api
 from appliance.cli import cli
+from appliance.client import checks
 from appliance.config.settings import Settings, load_settings
 from appliance.core import exitcodes
 from appliance.errors import ConfigError, SubmitOptionError
@@ -134,7 +134,7 @@ def test_payload_check_accepts_or_refuses_with_one_line(
     with _env({"APPLIANCE_MAX_PAYLOAD_BYTES": str(cap)}):
         conf = load_settings()
     try:
-        size = api.check_payload(conf, "demo.add", args, kwargs)
+        size = checks.check_payload(conf, "demo.add", args, kwargs)
     except SubmitOptionError as exc:
         message = str(exc)
         assert cap and "APPLIANCE_MAX_PAYLOAD_BYTES" in message and "fix:" in message
@@ -150,7 +150,7 @@ def test_payload_check_accepts_or_refuses_with_one_line(
 )
 def test_arguments_json_cannot_carry_are_refused_before_publish(args: list[Any]) -> None:
     with pytest.raises(SubmitOptionError) as raised:
-        api.check_payload(load_settings(), "demo.add", args, {})
+        checks.check_payload(load_settings(), "demo.add", args, {})
     assert "cannot be sent as JSON" in str(raised.value) and "fix:" in str(raised.value)
 
 

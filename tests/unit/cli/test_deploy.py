@@ -35,3 +35,13 @@ def test_defaults_are_the_installed_paths() -> None:
     assert "command=/opt/appliance/bin/appliance worker --group default" in result.output
     assert "user=appliance" in result.output
     assert "/var/log/appliance/beat.log" in result.output
+
+
+def test_flower_program_on_request() -> None:
+    assert "appliance-flower" not in CliRunner().invoke(cli, ["deploy", "supervisor-conf"]).output
+    result = CliRunner().invoke(cli, ["deploy", "supervisor-conf", "--flower"])
+    assert result.exit_code == 0, result.output
+    assert "command=/opt/appliance/bin/appliance flower --address=127.0.0.1 --port=5555" in (
+        result.output
+    )
+    assert "programs=appliance-worker-default,appliance-beat,appliance-flower" in result.output

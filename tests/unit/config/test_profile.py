@@ -84,3 +84,12 @@ def test_the_default_group_consumes_celerys_own_default_queue(config: dict) -> N
     assert declared == ("celery", "direct", "celery")
     assert stock.name in load_settings().worker_groups["default"]
     assert config["task_default_queue"] == "default"  # appliance.submit's own default
+
+
+def test_task_events_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    off = celery_config(load_settings())
+    assert (off["worker_send_task_events"], off["task_send_sent_event"]) == (False, False)
+    monkeypatch.setenv("APPLIANCE_TASK_EVENTS", "true")
+    on = celery_config(load_settings())
+    # Workers send task-received/started/succeeded..., publishers (submit) task-sent.
+    assert (on["worker_send_task_events"], on["task_send_sent_event"]) == (True, True)

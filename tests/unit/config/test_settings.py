@@ -69,6 +69,7 @@ def test_missing_env_file_is_a_config_error(
         ("APPLIANCE_ROUTES", "reports.*=nosuch", "APPLIANCE_ROUTES"),
         ("APPLIANCE_LOG_LEVEL", "LOUD", "APPLIANCE_LOG_LEVEL"),
         ("APPLIANCE_RECORDS_ENABLED", "maybe", "APPLIANCE_RECORDS_ENABLED"),
+        ("APPLIANCE_TASK_EVENTS", "sometimes", "APPLIANCE_TASK_EVENTS"),
     ],
 )
 def test_invalid_values_name_the_variable_and_the_fix(
@@ -81,6 +82,23 @@ def test_invalid_values_name_the_variable_and_the_fix(
     assert expected in message
     assert "fix:" in message
     assert "\n" not in message
+
+
+def test_task_events_are_off_unless_asked_for(isolated_env: Path) -> None:
+    assert load_settings().task_events is False
+    for value, expected in (("true", True), ("1", True), ("yes", True), ("off", False)):
+        isolated_env.write_text(f"APPLIANCE_TASK_EVENTS={value}\n")
+        assert load_settings().task_events is expected, value
+    assert load_settings().public_dict()["task_events"] is False
+
+
+def test_a_bad_task_events_value_says_how_to_write_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPLIANCE_TASK_EVENTS", "sometimes")
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    assert excinfo.value.exit_code == 78
+    assert str(excinfo.value).startswith("invalid APPLIANCE_TASK_EVENTS='sometimes'")
+    assert str(excinfo.value).endswith("fix: use true or false")
 
 
 def test_visibility_timeout_must_exceed_the_hard_time_limit(

@@ -156,6 +156,26 @@ def test_flower_listens_on_loopback_only() -> None:
     assert "--address=127.0.0.1" in directives("appliance-flower.service")["ExecStart"][0]
 
 
+def test_flower_runs_through_the_appliance_and_does_not_loop_without_flower_or_credentials() -> (
+    None
+):
+    unit = directives("appliance-flower.service")
+    assert unit["ExecStart"] == [
+        "/opt/appliance/bin/appliance flower --address=127.0.0.1 --port=5555"
+    ]
+    # 72: flower is not installed; 78: no FLOWER_BASIC_AUTH (`appliance flower`).
+    assert unit["RestartPreventExitStatus"] == [f"{exitcodes.MISSING_PROGRAM} {exitcodes.CONFIG}"]
+    assert unit["EnvironmentFile"] == [C.SYSTEM_ENV_FILE]  # FLOWER_BASIC_AUTH comes from there
+    assert unit["User"] == ["appliance"] and unit["WantedBy"] == ["appliance.target"]
+
+
+def test_flower_unit_says_what_it_shows_and_how_to_get_tasks() -> None:
+    head = (SYSTEMD / "appliance-flower.service").read_text().split("\n[", 1)[0]
+    flat = " ".join(line.lstrip("# ") for line in head.splitlines())
+    assert "--with-flower" in flat and "FLOWER_BASIC_AUTH" in flat
+    assert "APPLIANCE_TASK_EVENTS=true" in flat and "celery control enable_events" in flat
+
+
 def test_no_deploy_file_sets_stopasgroup_true() -> None:
     for path in deploy_dir().rglob("*"):
         if path.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -194,13 +195,17 @@ def _started(worker: str = "w1@host", **overrides: object) -> dict[str, object]:
     }
 
 
+def _record_started(url: str, fields: dict[str, Any]) -> None:
+    store.record_started(url, **fields)
+
+
 def test_a_short_task_gets_one_write_with_its_started_fields(db_url: str) -> None:
-    from appliance.records.signals import DeferredStarted
+    from appliance.records.deferred import DeferredStarted
 
     store.record_published(
         db_url, task_id="d1", name="demo.add", args=[1, 2], kwargs={}, queue="default"
     )
-    deferred = DeferredStarted(delay=30.0)  # never due within this test
+    deferred = DeferredStarted(30.0, _record_started)  # never due within this test
     deferred.add("d1", db_url, _started())
     fields = deferred.take("d1")
     assert fields is not None and deferred.take("d1") is None
@@ -213,13 +218,13 @@ def test_a_short_task_gets_one_write_with_its_started_fields(db_url: str) -> Non
 
 
 def test_a_long_task_shows_started_and_its_final_state_lands_last(db_url: str) -> None:
-    from appliance.records.signals import DeferredStarted
+    from appliance.records.deferred import DeferredStarted
     from tests.helpers.processes import wait_until
 
     store.record_published(
         db_url, task_id="d1", name="demo.add", args=[1, 2], kwargs={}, queue="default"
     )
-    deferred = DeferredStarted(delay=0.05)
+    deferred = DeferredStarted(0.05, _record_started)
     deferred.add("d1", db_url, _started())
     wait_until(
         lambda: (store.get_record(db_url, "d1") or {}).get("status") == "STARTED",

@@ -285,6 +285,24 @@ def _mailbox() -> tuple[str, str, str]:
     return box.exchange.name, box.reply_exchange.name, box.reply_queue.name.split(".", 1)[1]
 
 
+def _pidbox() -> Any:
+    """Celery's event-loop mailbox for a stand-in consumer (nothing connects)."""
+    from types import SimpleNamespace
+
+    loop = SimpleNamespace(use_eventloop=True)
+    consumer = SimpleNamespace(app=_app(), hostname="n@h", controller=loop)
+    return _resolve(PB.rstrip("."))(consumer)
+
+
+def _generated_checks_revoked() -> bool:
+    """Celery's generated Request class inherits revoked() and calls it before the pool."""
+    generated = type(_request()[0])
+    text = _source(generated.execute_using_pool)
+    return "revoked" not in vars(generated) and 0 <= text.find("self.revoked()") < text.find(
+        "apply_async("
+    )
+
+
 def _preloaded() -> bool:
     names = _resolve("appliance.worker.consumers.parent:_WORKER_MODULES")
     return all(importlib.util.find_spec(n) for n in names if not n.startswith("appliance."))
@@ -301,9 +319,11 @@ class Row(NamedTuple):
 A = "appliance."
 T, RB, CON = A + "broker.transport", A + "broker.result_backend", A + "worker.consumer"
 PP, CP = A + "worker.prefork.pool", A + "worker.consumers.pool"
+MB, RC = A + "worker.consumers.mailbox", A + "worker.remote_control"
 SUP, LOST, STATS = A + "worker.supervision", A + "worker.lost", A + "worker.stats"
 LAUNCH, BEAT, KEYS = A + "worker.launch", A + "beat.scheduler", A + "core.keys"
 KR, VB = "kombu.transport.redis:", "kombu.transport.virtual.base:"
 AP, BP, CB = "celery.concurrency.asynpool:", "billiard.pool:", "celery.concurrency.base:"
 WR, WS, BE = "celery.worker.request:Request.", "celery.worker.state:", "celery.backends."
+WC, PB = "celery.worker.control:", "celery.worker.pidbox:Pidbox."
 PORT, SKIP = "; port the change", "(their rows skip until it builds)"

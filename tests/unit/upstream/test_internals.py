@@ -33,13 +33,17 @@ from tests.unit.upstream.probes import (
     KR,
     LAUNCH,
     LOST,
+    MB,
+    PB,
     PORT,
     PP,
     RB,
+    RC,
     SKIP,
     STATS,
     SUP,
     VB,
+    WC,
     WR,
     WS,
     A,
@@ -49,11 +53,13 @@ from tests.unit.upstream.probes import (
     _channel,
     _child_methods,
     _execute_args,
+    _generated_checks_revoked,
     _Gone,
     _kombu,
     _mailbox,
     _message,
     _on_apply,
+    _pidbox,
     _pool_alias,
     _pool_worker,
     _preloaded,
@@ -80,6 +86,19 @@ from tests.unit.upstream.probes import (
 
 REQUEST = inst(lambda: _request()[0])
 KEYS_READ = f"{KEYS} (health.checks and recovery.reconcile read it)"
+EV, HB, HS = A + "worker.events", "celery.worker.heartbeat:Heart.", "celery.worker.consumer.heart:"
+
+
+def _events_step_on_worker_events() -> bool:
+    """Celery's Events step with no task events and no gossip, but the event heartbeat."""
+    from types import SimpleNamespace
+
+    events = _resolve("celery.worker.consumer.events:Events")
+    step = events(
+        SimpleNamespace(), task_events=False, without_heartbeat=False, without_gossip=True
+    )
+    return bool(step.enabled) and step.groups == ["worker"]
+
 
 # fmt: off
 ROWS = [
@@ -234,6 +253,62 @@ ROWS = [
     Row("celery and kombu modules preloaded", A + "worker.consumers.parent",
         that(_preloaded, "are not all importable"),
         "imports _WORKER_MODULES before forking (ImportError ignored: each consumer start pays)"),
+    # appliance.worker.remote_control, appliance.worker.consumers.mailbox: remote control
+    Row("celery Consumer.Blueprint.default_steps", CON, that(lambda: "celery.worker.consumer."
+        "control:Control" in _resolve("celery.worker.consumer:Consumer").Blueprint.default_steps,
+        "no longer lists celery.worker.consumer.control:Control"),
+        "replaces that step with appliance.worker.remote_control:Control"),
+    Row("celery.worker.consumer.control:Control.__init__", RC, src("self.box = (", "self.start = "
+        "self.box.start", "self.stop = self.box.stop", "self.shutdown = self.box.shutdown"),
+        "replaces box and the three methods taken from it after Celery's __init__"),
+    Row(PB + "__init__", f"{RC} and {MB}", that(lambda: _pidbox().node.handlers is _resolve(
+        WC + "Panel").data and {"consumer", "tset"} <= set(_pidbox().node.state),
+        "no longer builds node with Panel.data and a state holding consumer and tset"),
+        "replace node.handlers, node.state.consumer and node.state.tset"),
+    Row(PB + "on_message", MB, src("self.node.handle_message(body, message)", "self.reset()"),
+        "subclasses Pidbox for its on_message; reset() (after a failed message) is its own"),
+    Row("kombu.pidbox:Node.handle", RC, src("self.handlers[method](self.state"),
+        "looks commands up in a dict whose __missing__ reads Panel.data at each call"),
+    Row(WC + "Panel.data", RC, has, "answers every command it does not override from it"),
+    Row(WC + "_revoke", MB, fp("18694eabe82f3ae8"), "mirrors which states it marks REVOKED, "
+        "for the requests a consumer holds and has not claimed" + PORT),
+    Row(WC + "revoke", MB, fp("25c3bde7a118a14d"),
+        "replaces it for a consumer (its reply shapes kept)" + PORT),
+    Row(WC + "terminate", MB, src("revoke(state, task_id, terminate=True, signal=signal)"),
+        "replaces it, as revoke with terminate (Celery's calls its own revoke directly)"),
+    Row(WC + "shutdown", MB, src("raise WorkerShutdown("),
+        "stops the unit instead (its thread would end on the SystemExit)"),
+    Row(WC + "rate_limit", MB, src("state.consumer.reset_rate_limits()"),
+        "hands reset_rate_limits to the event loop (LoopConsumer)"),
+    Row("celery rate_limit command arguments", MB, that(lambda: params("state", "task_name",
+        "rate_limit")(WC + "rate_limit") is None, "no longer takes (state, task_name, "
+        "rate_limit)"), "calls it by keyword with the consumer's share of the rate"),
+    Row(WC + "add_consumer", MB, src("state.consumer.call_soon("),
+        "relies on it going through call_soon (run by the loop), also for cancel_consumer"),
+    Row(WC + "cancel_consumer", MB, src("state.consumer.call_soon("), "relies on call_soon"),
+    Row(WC + "active", MB, src("state.tset(worker_state.active_requests)"),
+        "sets tset to set: a copy, taken again if the loop's thread changes it (reserved too)"),
+    Row(WC + "autoscale", RC, params("state", "max", "min"), "calls it by keyword"),
+    Row("celery.worker.consumer.consumer:Consumer.call_soon", MB, src("self.hub.call_soon(p)"),
+        "schedules on the consumer's hub from the mailbox thread"),
+    Row("kombu.asynchronous.hub:Hub.call_soon", MB, src("with self._ready_lock:",
+        "threading.get_ident() != self._loop_thread", "waker.wake()"),
+        "calls it from another thread, which must lock and wake the loop"),
+    Row(WS + "requests", f"{MB} and {LOST}", has,
+        "finds the requests a consumer holds in it (a request in it is claimed when checked)"),
+    Row(WR + "revoked", LOST, src("revoked_by_id = self.id in revoked_tasks"),
+        "claims a request before calling it, which must read the revoked set after"),
+    Row("celery create_request_cls() execute_using_pool", LOST, that(_generated_checks_revoked,
+        "no longer calls the inherited self.revoked() before apply_async"),
+        "claims a request in revoked(), which the generated class must call on its way"),
+    Row(WR + "terminate", LOST, fp("5ee69325b498e311"),
+        "replaces it in a consumer: the parent kills it, never an ack from the thread" + PORT),
+    Row("celery Request.on_accepted terminate", LOST, that(lambda: src(
+        "self._terminate_on_ack is not None", "self.terminate(*self._terminate_on_ack)")(
+        WR + "on_accepted") is None, "no longer terminates a request once accepted"),
+        "sets _terminate_on_ack for a terminate that comes before the task starts"),
+    Row("celery Request.claimed", LOST, that(lambda: not hasattr(_resolve(WR.rstrip(".")),
+        "claimed"), "is now Celery's"), "adds a claimed attribute of its own"),
     # appliance.worker.supervision, appliance.worker.stats
     Row(KR + "MultiChannelPoller._channels", SUP, that(lambda: _channel()
         in _kombu()[0].transport.cycle._channels, "no longer holds the channels"),
@@ -280,6 +355,23 @@ ROWS = [
         "probes the pidbox channel /{db}.celery.pidbox"),
     Row(BE + "base:KeyValueStoreBackend.task_keyprefix", LAUNCH, eq("celery-task-meta-"),
         "probes publishing on celery-task-meta-* channels"),
+    # appliance.worker.launch and appliance.worker.events: Celery's worker events
+    Row("celery Events step with the event heartbeat only", LAUNCH, that(
+        _events_step_on_worker_events, "is no longer enabled with the worker group alone"),
+        "keeps the heartbeat so enable_events finds a dispatcher (worker events by default)"),
+    Row(HS + "Heart", EV, has, "requires its bootstep by that path"),
+    Row(HS + "Heart.stop", EV, src("c.heart and c.heart.stop()"),
+        "clears consumer.heart so a retiring consumer sends no worker-offline"),
+    Row(HB + "timer", EV, assigns, "swaps in a thread timer in a consumer process"),
+    Row(HB + "tref", EV, assigns, "cancels it on the loop's timer, re-arms it on a thread"),
+    Row(HB + "interval", EV, assigns, "beats at it from the thread"),
+    Row(HB + "_send", EV, params("event", "retry"), "calls _send('worker-heartbeat') from it"),
+    Row(HB + "start", EV, src("self.timer.call_repeatedly(", "self._send, ('worker-heartbeat',)"),
+        "gives its thread timer the call_repeatedly(interval, fun, args) this makes"),
+    Row(HB + "stop", EV, src("self.timer.cancel(self.tref)", "'worker-offline'"),
+        "gives its thread timer the cancel(tref) this makes"),
+    Row("celery.events.dispatcher:EventDispatcher.send", EV, src("with self.mutex:"),
+        "publishes heartbeats from a thread while task events go out from the loop"),
     # appliance.beat.scheduler: celery.beat's PersistentScheduler, subclassed
     Row("celery.beat:Scheduler._heap", BEAT,
         inst(lambda: _resolve("celery.beat:Scheduler")(_app(), lazy=True)),

@@ -1,0 +1,1 @@
+"""The submitting side: what a process checks before it publishes work, and how it publishes."""

@@ -26,6 +26,9 @@ from appliance.errors import (
     TaskFailedError,
     WaitTimeoutError,
 )
+from appliance.errors import (  # submit's own error, importable with the API
+    UnknownQueueError as UnknownQueueError,
+)
 from appliance.records.models import TERMINAL_STATES
 
 # After a waited-for result arrives, wait this long at most for its record to say so too

@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup up test unit integration system lint bench bench-health bench-recycle
+.PHONY: setup up test unit integration system lint bench bench-health bench-recycle celery-suite
 
 setup:          ## apt packages if missing, .venv, the package
 	scripts/dev.sh setup
@@ -36,6 +36,9 @@ bench-health:   ## appliance health vs celery inspect ping (wall, RSS)
 
 bench-recycle:  ## drain throughput at max-tasks-per-child none/1000/100/10
 	$(PY) bench/recycle.py
+
+celery-suite:   ## Celery's own integration suite: stock worker vs appliance (ARGS=--help)
+	scripts/celery-suite.sh $(ARGS)
 
 # Locks: requirements/runtime.txt (the package + the postgres extra: what install.sh puts on
 # hosts), requirements/runtime-flower.txt (the same plus the flower extra: install.sh

@@ -23,28 +23,18 @@ def check(cli: CliContext, as_json: bool) -> None:
     """The Redis part of `appliance health`, with advice; Nagios exit codes."""
     import time
 
-    from appliance.broker import reach
     from appliance.broker.tuning import host_advice
     from appliance.health import output
-    from appliance.health.checks import check_redis
+    from appliance.health.checks import check_redis, unreadable
     from appliance.health.config import load_health_config
     from appliance.health.resp import Resp, RespConnectionError, RespError
-    from appliance.health.verdict import Check
 
     cfg = load_health_config()
     try:
         with Resp(cfg.broker_url) as conn:
             checks = check_redis(cfg, conn, time.time())
-    except RespConnectionError as exc:
-        checks = [Check("redis", 2, reach.problem(cfg.broker_url, str(exc), cfg.broker_origin))]
-    except RespError as exc:
-        message = (
-            reach.problem(cfg.broker_url, str(exc), cfg.broker_origin)
-            if reach.is_auth_error(exc)
-            else f"Redis refused the check ({exc}); "
-            "fix: check the user/password in APPLIANCE_BROKER_URL"
-        )
-        checks = [Check("redis", 2, message)]
+    except (RespConnectionError, RespError) as exc:
+        checks = [unreadable(cfg, exc, "the check")]
     advice = host_advice()
     if as_json:
         echo_json(

@@ -244,16 +244,18 @@ def run_redis_checks(cfg: HealthConfig) -> list[Check]:
             checks += check_beat(cfg, conn, now)
             checks += check_pidbox(cfg, conn, now)
             return checks
-    except RespConnectionError as exc:
-        return [
-            Check("redis", CRITICAL, reach.problem(cfg.broker_url, str(exc), cfg.broker_origin))
-        ]
-    except RespError as exc:
-        if reach.is_auth_error(exc):
-            message = reach.problem(cfg.broker_url, str(exc), cfg.broker_origin)
-        else:
-            message = (
-                f"Redis refused the health check ({exc}); "
-                "fix: check the password/ACL in APPLIANCE_BROKER_URL"
-            )
-        return [Check("redis", CRITICAL, message)]
+    except (RespConnectionError, RespError) as exc:
+        return [unreadable(cfg, exc, "the health check")]
+
+
+def unreadable(cfg: HealthConfig, exc: Exception, what: str) -> Check:
+    """The CRITICAL `redis` check when Redis could not be read for *what*: down, refusing
+    the login, or refusing a command."""
+    if isinstance(exc, RespConnectionError) or reach.is_auth_error(exc):
+        message = reach.problem(cfg.broker_url, str(exc), cfg.broker_origin)
+    else:
+        message = (
+            f"Redis refused {what} ({exc}); fix: check the user, password and ACL in "
+            "APPLIANCE_BROKER_URL"
+        )
+    return Check("redis", CRITICAL, message)

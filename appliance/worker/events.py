@@ -16,33 +16,15 @@ ahead of it, already beats under the same node name.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
 
 from appliance.worker.consumers import process as consumer_process
+from appliance.worker.repeat import Repeating
 
 HEART_STEP = "celery.worker.consumer.heart:Heart"
-
-
-class _Repeating:
-    """Calls *fun* every *seconds* on a daemon thread until cancelled."""
-
-    def __init__(self, seconds: float, fun: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self._cancelled = threading.Event()
-
-        def run() -> None:
-            while not self._cancelled.wait(seconds):
-                with contextlib.suppress(Exception):  # the dispatcher buffers what fails
-                    fun(*args)
-
-        threading.Thread(target=run, name="event-heartbeat", daemon=True).start()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
 
 
 class ThreadTimer:
@@ -50,10 +32,10 @@ class ThreadTimer:
 
     def call_repeatedly(
         self, seconds: float, fun: Callable[..., Any], args: tuple[Any, ...] = (), *_: Any
-    ) -> _Repeating:
-        return _Repeating(seconds, fun, args)
+    ) -> Repeating:
+        return Repeating(seconds, fun, args, name="event-heartbeat")
 
-    def cancel(self, tref: _Repeating) -> None:
+    def cancel(self, tref: Repeating) -> None:
         tref.cancel()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from appliance.core import constants as C
 from appliance.records import signals as record_signals
 from appliance.worker import heartbeat
 from appliance.worker.consumers import process as consumer_process
+from appliance.worker.repeat import Repeating
 from appliance.worker.sdnotify import Notifier, scrub_child_environment, watchdog_interval
 from appliance.worker.stats import counters
 
@@ -134,15 +134,9 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self._every(consumer, "watchdog", supervision.watchdog, self._ping)
 
     def _beat_thread(self, consumer: Any) -> None:
-        stop = self._beats_stop = threading.Event()
-
-        def run() -> None:
-            while not stop.is_set():
-                with contextlib.suppress(Exception):
-                    self._beat(consumer)
-                stop.wait(C.HEARTBEAT_INTERVAL)
-
-        threading.Thread(target=run, name="heartbeat", daemon=True).start()
+        self._beats = Repeating(
+            C.HEARTBEAT_INTERVAL, self._beat, (consumer,), name="heartbeat", now=True
+        )
 
     def _every(self, consumer: Any, name: str, seconds: float, fun: Any) -> None:
         """Run *fun* now and then every *seconds* on the event loop.
@@ -162,9 +156,9 @@ class SupervisionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         run()
 
     def stop(self, consumer: Any) -> None:
-        beats_stop = getattr(self, "_beats_stop", None)
-        if beats_stop is not None:
-            beats_stop.set()
+        beats = getattr(self, "_beats", None)
+        if beats is not None:
+            beats.cancel()
         for tref in self._timers.values():
             if tref is not None:
                 tref.cancel()

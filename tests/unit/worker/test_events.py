@@ -19,6 +19,7 @@ from kombu.asynchronous.timer import Timer
 
 from appliance.worker import events
 from appliance.worker.consumers import pool
+from appliance.worker.repeat import Repeating
 from tests.helpers.processes import wait_until
 
 
@@ -74,7 +75,7 @@ def test_events_re_enabled_at_run_time_beat_from_a_thread_again(consumer: Simple
     events.ConsumerHeartStep(consumer).start(consumer)
     heart.stop()
     heart.start()  # the dispatcher's on_enabled callback
-    assert isinstance(heart.tref, events._Repeating)
+    assert isinstance(heart.tref, Repeating)
     before = heart.eventer.types().count("worker-heartbeat")
     wait_until(lambda: heart.eventer.types().count("worker-heartbeat") > before, 10, "a heartbeat")
 
